@@ -1,0 +1,47 @@
+# Image for the API (gunicorn) and the RQ workers: one image, the compose file
+# picks the process with `command:`.
+FROM python:3.11-slim
+
+# UID/GID of the runtime user. ./images and ./logs are bind-mounted from the
+# host in docker-compose.yml, so this user must be able to write there: keep it
+# equal to the owner of those folders (`id -u` / `id -g`, set in .env).
+ARG APP_UID=1000
+ARG APP_GID=1000
+
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    IMAGES_DIR=/ImageResize/images \
+    LOGS_DIR=/ImageResize/logs \
+    PORT=5000 \
+    BIND_HOST=0.0.0.0
+
+WORKDIR /ImageResize
+
+# Non-root user and the two writable folders; nothing else under /ImageResize
+# is writable by it (the code stays owned by root).
+RUN groupadd --gid "${APP_GID}" app \
+    && useradd --no-log-init --uid "${APP_UID}" --gid app --create-home --shell /usr/sbin/nologin app \
+    && mkdir -p /ImageResize/images /ImageResize/logs \
+    && chown app:app /ImageResize/images /ImageResize/logs
+
+# Dependencies first so that code changes do not reinstall them.
+COPY requirements.txt .
+RUN pip install --no-cache-dir -r requirements.txt
+
+# The code (.dockerignore keeps images/, logs/, data, .git, .env, ... out).
+COPY . .
+
+# Numeric, so runtimes can verify it is not root (runAsNonRoot).
+USER ${APP_UID}:${APP_GID}
+
+EXPOSE 5000
+
+# No curl in slim: probe /health with the standard library, on ${PORT:-5000}
+# (read from the environment at run time). This fits the API; the worker
+# service in docker-compose.yml replaces it with `python worker.py --check`.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % (os.environ.get('PORT') or '5000'), timeout=4)"]
+
+# Same command as run.py and the end-to-end tests (asserted in TestStack.py).
+CMD ["gunicorn", "-c", "gunicorn.conf.py", "RestAPI:app"]

@@ -1,0 +1,61 @@
+"""The Redis connection and the RQ queues, from REDIS_URL.
+
+Jobs are (de)serialized as JSON, never pickle: whoever can write to Redis must not be able to make a
+worker run code. Connections retry with backoff, so a Redis restart is ridden out, not fatal.
+"""
+from functools import cache
+from urllib.parse import urlsplit
+
+from redis import Redis
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError, TimeoutError
+from redis.retry import Retry
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+from config import settings
+
+IMAGES_QUEUE = "images"  # size, resize, plot: the Pillow workers
+CLASSIFY_QUEUE = "classify"  # classify: the TensorFlow worker
+QUEUE_NAMES = (IMAGES_QUEUE, CLASSIFY_QUEUE)
+SERIALIZER = JSONSerializer
+
+# Longer than the longest blocking read the API makes (a 30 s wait for a result).
+SOCKET_TIMEOUT = 40
+
+
+class RedisNotConfigured(RuntimeError):
+    pass
+
+
+def redis_url() -> str:
+    if not settings.redis_url:
+        raise RedisNotConfigured(
+            "REDIS_URL is not set: start the service with `python run.py`, which starts an embedded Redis, or set REDIS_URL"
+        )
+    return settings.redis_url
+
+
+def redacted(url: str) -> str:
+    """The URL with its password hidden, fit for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return url.replace(f":{parts.password}@", ":***@", 1)
+
+
+@cache
+def connection() -> Redis:
+    """The process's one Redis client (a thread-safe pool). The password comes from the URL."""
+    return Redis.from_url(
+        redis_url(),
+        socket_connect_timeout=2,
+        socket_timeout=SOCKET_TIMEOUT,
+        health_check_interval=15,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
+        retry_on_error=[ConnectionError, TimeoutError],
+    )
+
+
+def queue(name: str, redis: Redis | None = None) -> Queue:
+    return Queue(name, connection=redis or connection(), serializer=SERIALIZER)

@@ -1,0 +1,265 @@
+"""The Flask app: parse and validate requests, enqueue jobs, answer. No image code lives here.
+
+Routes:
+  GET  /imageapi?imagePath=P         size of an image or of a folder's images
+  POST /imageapi?action=A            resize (default) or size of a path, uploads (field `image`)
+  GET  /result?jobId=ID, /result/ID  a job's status and result; wait=S holds until it ends
+  GET  /result/file?jobId=ID         the file a job made
+  GET  /health, /metrics             for operators
+"""
+import logging
+import mimetypes
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from flask import Flask, g, jsonify, request, send_file
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from rq import Worker
+from werkzeug.exceptions import HTTPException, UnsupportedMediaType
+
+import jobs
+import metrics
+import params
+import paths
+from RedisConfig import IMAGES_QUEUE, QUEUE_NAMES, RedisNotConfigured, connection, queue
+from config import settings
+
+log = logging.getLogger("api")
+
+
+@dataclass(frozen=True)
+class Action:
+    """An action a request may name: how its parameters are validated and which workers run it."""
+
+    name: str
+    params: type[params._Params]
+    queue: str
+    summary: str
+
+
+ACTIONS = {
+    action.name: action
+    for action in (
+        Action("size", params.SizeParams, IMAGES_QUEUE, "Size"),
+        Action("resize", params.ResizeParams, IMAGES_QUEUE, "Thumbnail"),
+    )
+}
+
+app = Flask(__name__)
+app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_mb * 1024 * 1024
+app.json.sort_keys = False
+
+
+# --- requests --------------------------------------------------------------------------------------
+
+def request_values() -> dict:
+    """Parameters from the query string, form fields and a JSON object body, merged (body wins)."""
+    values = request.args.to_dict()
+    values.update(request.form.to_dict())
+    if request.mimetype == "application/json" and request.content_length:
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            raise params.InvalidParameter("The JSON body must be an object, like {\"imagePath\": \"Japan/a.jpg\"}.")
+        values.update(body)
+    elif request.content_length and request.mimetype not in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        raise UnsupportedMediaType("Send parameters as a query string, form fields, multipart/form-data or a JSON object.")
+    return values
+
+
+def choose_action(values: dict, default: str) -> Action:
+    name = str(values.get("action") or default).strip().lower()
+    if name not in ACTIONS:
+        raise params.InvalidParameter(f"Invalid parameter action: {name!r} is not one of {', '.join(ACTIONS)}.")
+    return ACTIONS[name]
+
+
+def named_images(values: dict, job_id: str) -> tuple[list[str], bool, str]:
+    """(images relative to the root, whether they make a batch, how to describe them) for a request."""
+    source = params.validate(params.Source, values)
+    uploads = [f for f in request.files.getlist("image") if f.filename or f.content_length]
+    if not uploads and request.files:
+        raise params.InvalidParameter(f"Upload files in the form field 'image' (got {', '.join(map(repr, request.files))}).")
+    if uploads and source.imagePath:
+        raise params.InvalidParameter("Give either imagePath or uploaded files, not both.")
+    if uploads:
+        images = store_uploads(uploads, job_id)
+        return images, len(images) > 1, f"{len(images)} uploaded file{'s' * (len(images) > 1)}"
+    if not source.imagePath:
+        raise params.InvalidParameter(
+            "Name an image: give imagePath (a file or folder under the images root) or upload files in the field 'image'.")
+    root = settings.images_root
+    target = paths.resolve(root, source.imagePath)
+    if target.is_file():
+        return [paths.relative(root, target)], False, paths.relative(root, target)
+    images = paths.list_images(root, target, source.recursive)
+    if not images:
+        raise params.InvalidParameter(
+            f"The folder {paths.relative(root, target)!r} holds no images"
+            f"{'' if source.recursive else ' directly (add recursive=true to include its subfolders)'}.")
+    return images, True, f"{paths.relative(root, target)} ({len(images)} images)"
+
+
+def store_uploads(uploads, job_id: str) -> list[str]:
+    """Save uploads under <root>/uploads/<jobId>/, each under a safe, distinct name."""
+    folder = paths.upload_folder(settings.images_root, job_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    stored = []
+    for index, upload in enumerate(uploads):
+        name = paths.safe_upload_name(upload.filename, index)
+        if (folder / name).exists():
+            name = f"{index}-{name}"
+        upload.save(folder / name)
+        stored.append(paths.relative(settings.images_root, folder / name))
+    return stored
+
+
+def enqueue(default_action: str):
+    values = request_values()
+    action = choose_action(values, default_action)
+    options = params.validate(action.params, values).model_dump(exclude_none=True)
+    job_id = jobs.new_job_id()
+    images, is_batch, described = named_images(values, job_id)
+    redis = connection()
+    if is_batch:
+        jobs.enqueue_batch(redis, action.queue, action.name, images, options, job_id)
+    else:
+        jobs.enqueue_single(redis, action.queue, action.name, images[0], options, job_id)
+    g.job_id, g.action = job_id, action.name
+    metrics.ENQUEUED.labels(action.name, "batch" if is_batch else "single").inc()
+    metrics.IMAGES.labels(action.name).inc(len(images))
+    location = f"/result/{job_id}"
+    body = {"jobId": job_id, "status": "queued", "action": action.name,
+            "Result": f"{action.summary} of {described} queued; fetch the result at {location}."}
+    return jsonify(body), 202, {"Location": location}
+
+
+# --- routes ----------------------------------------------------------------------------------------
+
+@app.get("/imageapi")
+def image_size():
+    if str(request.args.get("action", "size")).lower() != "size":
+        raise params.InvalidParameter("GET /imageapi reads sizes only; use POST for other actions.")
+    return enqueue("size")
+
+
+@app.post("/imageapi")
+def image_action():
+    return enqueue("resize")
+
+
+@app.get("/result")
+@app.get("/result/<job_id>")
+def result(job_id: str | None = None):
+    job_id = job_id or request.args.get("jobId", "")
+    if not job_id:
+        raise params.InvalidParameter("Give the jobId, as /result/<jobId> or /result?jobId=<jobId>.")
+    query = params.validate(params.ResultQuery, request.args.to_dict())
+    redis = connection()
+    job = jobs.fetch(redis, job_id)
+    g.job_id, g.action = job.id, job.meta.get("action")
+    if query.wait:
+        jobs.wait(redis, job, query.wait)
+    status, body = jobs.describe(redis, job)
+    return jsonify(body), status
+
+
+@app.get("/result/file")
+def result_file():
+    job_id = request.args.get("jobId", "")
+    if not job_id:
+        raise params.InvalidParameter("Give the jobId, as /result/file?jobId=<jobId>.")
+    redis = connection()
+    job = jobs.fetch(redis, job_id)
+    status, body = jobs.describe(redis, job)
+    made = body.get("result") or {}
+    path = Path(made["path"]) if isinstance(made.get("path"), str) else None
+    if status != 200 or path is None or not path.is_relative_to(settings.images_root) or not path.is_file():
+        raise paths.PathNotFound(f"Job {job_id} has no file to download (yet): only a finished single-image resize makes one.")
+    mimetype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return send_file(path, mimetype=mimetype, as_attachment=True, download_name=f"{job_id}{path.suffix}")
+
+
+@app.get("/health")
+def health():
+    redis = connection()
+    try:
+        redis.ping()
+        body = {"redis": "ok", "workers": Worker.count(connection=redis),
+                "queues": {name: queue(name, redis).count for name in QUEUE_NAMES}}
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        log.warning("health: Redis unreachable: %s", exc)
+        return jsonify({"redis": "unreachable", "error": "Redis is unreachable; jobs cannot be queued or read."}), 503
+    return jsonify(body)
+
+
+@app.get("/metrics")
+def prometheus_metrics():
+    return metrics.exposition(), 200, {"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
+
+
+@app.get("/")
+def index():
+    return jsonify({"service": "image job service", "routes": sorted(
+        str(rule) for rule in app.url_map.iter_rules() if rule.endpoint != "static")})
+
+
+# --- answers to errors: always JSON, never a traceback -------------------------------------------------
+
+def error(status: int, message: str):
+    return jsonify({"error": message}), status
+
+
+@app.errorhandler(params.InvalidParameter)
+@app.errorhandler(paths.PathRefused)
+def bad_request(exc):
+    return error(400, str(exc))
+
+
+@app.errorhandler(paths.PathNotFound)
+@app.errorhandler(jobs.JobNotFound)
+def not_found(exc):
+    return error(404, str(exc))
+
+
+@app.errorhandler(HTTPException)
+def http_error(exc: HTTPException):
+    messages = {
+        404: f"No route {request.path}; see / for the routes.",
+        405: f"{request.method} is not allowed on {request.path}.",
+        413: f"The request is larger than the limit of {settings.max_upload_mb} MB (MAX_UPLOAD_MB).",
+    }
+    return error(exc.code or 500, messages.get(exc.code, exc.description))
+
+
+@app.errorhandler(RedisConnectionError)
+@app.errorhandler(RedisTimeoutError)
+@app.errorhandler(RedisNotConfigured)
+def redis_down(exc):
+    log.warning("Redis unavailable: %s", exc)
+    return error(503, "Redis is unreachable, so jobs cannot be queued or read; try again shortly.")
+
+
+@app.errorhandler(Exception)
+def internal_error(exc):
+    log.exception("unhandled error on %s %s", request.method, request.path)
+    return error(500, "Internal error; the API log has the details.")
+
+
+# --- every request: timing, metrics and one log line ---------------------------------------------------
+
+@app.before_request
+def start_timer():
+    g.started = time.perf_counter()
+
+
+@app.after_request
+def account(response):
+    elapsed = time.perf_counter() - g.get("started", time.perf_counter())
+    route = request.url_rule.rule if request.url_rule else "unmatched"
+    metrics.REQUESTS.labels(request.method, route, response.status_code).inc()
+    metrics.LATENCY.labels(route).observe(elapsed)
+    log.info("%s %s %d %.1f ms", request.method, request.full_path.rstrip("?"), response.status_code, 1000 * elapsed,
+             extra={"job_id": g.get("job_id", "-"), "action": g.get("action", "-")})
+    return response

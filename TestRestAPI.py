@@ -1,0 +1,335 @@
+"""Every route and error path of the API, through Flask's test client, with real workers and Redis behind it."""
+import io
+import json
+import os
+import zlib
+from pathlib import Path
+
+import pytest
+from PIL import Image as PILImage
+from redis import Redis
+from rq import SimpleWorker
+
+import jobs
+from RedisConfig import SERIALIZER, connection, queue
+from conftest import copy_sample
+
+PHOTO = "castle_image.jpg"
+
+
+def result_of(client, job_id: str) -> dict:
+    """The finished (or failed) job's answer, waited for through the API's own wait."""
+    answer = client.get(f"/result/{job_id}?wait=20")
+    assert answer.status_code == 200, answer.get_json()
+    return answer.get_json()
+
+
+def submit(client, method: str, **kwargs):
+    answer = client.open("/imageapi", method=method, **kwargs)
+    assert answer.status_code == 202, answer.get_json()
+    return answer.get_json()
+
+
+def rel(path: Path, images_root: Path) -> str:
+    return path.relative_to(images_root).as_posix()
+
+
+# --- size --------------------------------------------------------------------------------------------
+
+def test_size_of_one_image_by_get(client, folder, images_root):
+    copy_sample(PHOTO, folder / "a.jpg")
+    answer = client.get(f"/imageapi?imagePath={rel(folder / 'a.jpg', images_root)}")
+    assert answer.status_code == 202
+    body = answer.get_json()
+    assert body["status"] == "queued" and body["action"] == "size" and body["Result"].endswith(".")
+    assert answer.headers["Location"] == f"/result/{body['jobId']}"
+    done = result_of(client, body["jobId"])
+    with PILImage.open(folder / "a.jpg") as image:
+        assert done["result"] == {"width": image.width, "height": image.height, "format": "JPEG", "mode": image.mode}
+    assert done["status"] == "finished" and done["action"] == "size"
+    assert done["enqueuedAt"] <= done["startedAt"] <= done["endedAt"]
+
+
+@pytest.mark.parametrize("how", ["query", "form", "json"])
+def test_image_path_from_query_form_or_json_body(client, folder, images_root, how):
+    copy_sample(PHOTO, folder / "a.jpg")
+    values = {"imagePath": rel(folder / "a.jpg", images_root), "action": "size"}
+    kwargs = {"query": {"query_string": values}, "form": {"data": values}, "json": {"json": values}}[how]
+    body = submit(client, "POST", **kwargs)
+    assert body["action"] == "size"
+    assert result_of(client, body["jobId"])["result"]["format"] == "JPEG"
+
+
+def test_image_path_absolute_inside_root_and_container_form(client, folder, images_root):
+    copy_sample(PHOTO, folder / "a.jpg")
+    for given in (str(folder / "a.jpg"), f"/ImageResize/images/{rel(folder / 'a.jpg', images_root)}"):
+        body = submit(client, "GET", query_string={"imagePath": given})
+        assert result_of(client, body["jobId"])["status"] == "finished", given
+
+
+# --- resize and the file route -------------------------------------------------------------------------
+
+def test_resize_by_default_writes_mirrored_thumbnail_and_serves_it(client, folder, images_root):
+    copy_sample(PHOTO, folder / "Japan" / "a.jpg")
+    copy_sample("CogentLabs.jpg", folder / "Korea" / "a.jpg")
+    first = submit(client, "POST", data={"imagePath": rel(folder / "Japan" / "a.jpg", images_root)})
+    second = submit(client, "POST", data={"imagePath": rel(folder / "Korea" / "a.jpg", images_root)})
+    assert first["action"] == "resize"
+    made = [result_of(client, body["jobId"])["result"] for body in (first, second)]
+    assert made[0]["path"] == str(images_root / "resized" / rel(folder, images_root) / "Japan" / "a_resized.jpg")
+    assert made[0]["path"] != made[1]["path"]  # same name, two folders: two thumbnails
+    for result in made:
+        with PILImage.open(result["path"]) as thumb:
+            assert thumb.size == (result["width"], result["height"]) and max(thumb.size) == 100
+    download = client.get(f"/result/file?jobId={first['jobId']}")
+    assert download.status_code == 200 and download.mimetype == "image/jpeg"
+    assert f'filename={first["jobId"]}.jpg' in download.headers["Content-Disposition"]
+    assert download.data == Path(made[0]["path"]).read_bytes()
+
+
+@pytest.mark.parametrize("fit, size", [("contain", (120, 90)), ("cover", (120, 40)), ("stretch", (120, 40))])
+def test_resize_parameters(client, folder, images_root, fit, size):
+    PILImage.new("RGB", (400, 300), "navy").save(folder / "wide.png")
+    body = submit(client, "POST", json={"imagePath": rel(folder / "wide.png", images_root), "width": 120,
+                                        "height": 40 if fit != "contain" else 120, "fit": fit, "format": "webp"})
+    result = result_of(client, body["jobId"])["result"]
+    assert result["path"].endswith("wide_resized.webp")
+    with PILImage.open(result["path"]) as thumb:
+        assert thumb.format == "WEBP" and thumb.size == size
+
+
+def test_file_route_answers_404_for_unknown_and_fileless_jobs(client, folder, images_root):
+    copy_sample(PHOTO, folder / "a.jpg")
+    sized = submit(client, "GET", query_string={"imagePath": rel(folder / "a.jpg", images_root)})
+    result_of(client, sized["jobId"])
+    for job_id in (sized["jobId"], "no-such-job"):
+        answer = client.get(f"/result/file?jobId={job_id}")
+        assert answer.status_code == 404 and "error" in answer.get_json()
+
+
+# --- bad input: a sentence naming the problem, nothing enqueued ------------------------------------------
+
+@pytest.mark.parametrize("values, named", [
+    ({"width": "0"}, "width"), ({"width": "4097"}, "width"), ({"height": "abc"}, "height"),
+    ({"width": "1.5"}, "width"), ({"fit": "squash"}, "fit"), ({"format": "gif"}, "format"),
+    ({"action": "explode"}, "action"), ({"recursive": "maybe"}, "recursive"),
+])
+def test_bad_parameters_are_refused_before_anything_is_enqueued(client, folder, images_root, values, named):
+    copy_sample(PHOTO, folder / "a.jpg")
+    before = queue("images").count, len(os.listdir(images_root))
+    answer = client.post("/imageapi", data={"imagePath": rel(folder / "a.jpg", images_root), **values})
+    # e.g. width=4097 -> 400 {"error": "Invalid parameter width: Input should be less than or equal to 4096 (got '4097')."}
+    assert answer.status_code == 400
+    assert named in answer.get_json()["error"]
+    assert (queue("images").count, len(os.listdir(images_root))) == before
+
+
+@pytest.mark.parametrize("given", ["../outside.jpg", "/etc/passwd", "{folder}/../../outside.jpg", "{folder}/link-out/passwd"])
+def test_paths_outside_the_root_are_refused(client, folder, images_root, given):
+    (folder / "link-out").symlink_to("/etc")  # a symlink inside the root that leads out of it
+    given = given.format(folder=rel(folder, images_root))
+    answer = client.get("/imageapi", query_string={"imagePath": given})
+    # e.g. /etc/passwd -> 400 "imagePath '/etc/passwd' is outside the images root; ..."; no server path in the answer
+    assert answer.status_code == 400
+    assert "outside the images root" in answer.get_json()["error"]
+    assert str(images_root) not in answer.get_json()["error"]
+
+
+def test_missing_path_and_missing_source(client, folder, images_root):
+    answer = client.get("/imageapi", query_string={"imagePath": f"{rel(folder, images_root)}/nope.jpg"})
+    assert answer.status_code == 404 and "Nothing is at imagePath" in answer.get_json()["error"]
+    answer = client.post("/imageapi", data={})
+    assert answer.status_code == 400 and "imagePath" in answer.get_json()["error"]
+
+
+def test_empty_folder_is_refused(client, folder, images_root):
+    (folder / "notes.txt").write_text("not an image")
+    answer = client.get("/imageapi", query_string={"imagePath": rel(folder, images_root)})
+    assert answer.status_code == 400 and "holds no images" in answer.get_json()["error"]
+
+
+def test_json_body_must_be_an_object_and_other_bodies_are_unsupported(client):
+    answer = client.post("/imageapi", data="[1, 2]", content_type="application/json")
+    assert answer.status_code == 400 and "JSON body" in answer.get_json()["error"]
+    answer = client.post("/imageapi", data="imagePath=x", content_type="text/plain")
+    assert answer.status_code == 415 and "error" in answer.get_json()
+
+
+# --- batches -------------------------------------------------------------------------------------------
+
+def test_folder_batch_has_one_entry_per_image_and_bad_ones_fail_alone(client, folder, images_root):
+    for index in range(6):
+        copy_sample(PHOTO, folder / f"photo{index}.jpg")
+    (folder / "fake.jpg").write_text("this is text, not a JPEG")
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "sub").mkdir()
+    copy_sample(PHOTO, folder / "sub" / "deeper.jpg")
+    body = submit(client, "POST", data={"imagePath": rel(folder, images_root), "width": "50", "height": "50"})
+    done = result_of(client, body["jobId"])
+    assert done["status"] == "finished"
+    result = done["result"]
+    assert (result["total"], result["done"], result["failed"]) == (8, 6, 2)  # the subfolder is not included
+    by_name = {Path(entry["image"]).name: entry for entry in result["images"]}
+    assert "not an image" in by_name["fake.jpg"]["error"]
+    assert "empty" in by_name["empty.png"]["error"]
+    assert by_name["photo3.jpg"]["result"]["width"] == 50
+
+
+def test_recursive_folder_includes_subfolders(client, folder, images_root):
+    copy_sample(PHOTO, folder / "top.jpg")
+    copy_sample(PHOTO, folder / "sub" / "deeper.jpg")
+    body = submit(client, "GET", query_string={"imagePath": rel(folder, images_root), "recursive": "true"})
+    images = [entry["image"] for entry in result_of(client, body["jobId"])["result"]["images"]]
+    assert images == [rel(folder / "sub" / "deeper.jpg", images_root), rel(folder / "top.jpg", images_root)]
+
+
+def test_batch_progress_while_it_runs(folder, images_root, redis_url):
+    """A batch on a queue no worker serves: queued with progress 0/N, then one chunk run by hand."""
+    redis = Redis.from_url(redis_url)
+    for index in range(10):
+        copy_sample(PHOTO, folder / f"p{index}.jpg")
+    images = [rel(folder / f"p{index}.jpg", images_root) for index in range(10)]
+    job = jobs.enqueue_batch(connection(), "progress-test", "size", images, {}, jobs.new_job_id())
+    status, body = jobs.describe(connection(), jobs.fetch(connection(), job.id))
+    assert status == 202 and body["status"] == "queued"
+    assert body["progress"] == {"done": 0, "failed": 0, "total": 10}
+    worker = SimpleWorker([queue("progress-test")], connection=redis, serializer=SERIALIZER)
+    worker.work(burst=True, max_jobs=1)
+    status, body = jobs.describe(connection(), jobs.fetch(connection(), job.id))
+    assert status == 202 and body["status"] == "started" and body["startedAt"]
+    assert 0 < body["progress"]["done"] < 10 and body["progress"]["total"] == 10
+    worker.work(burst=True)
+    status, body = jobs.describe(connection(), jobs.fetch(connection(), job.id))
+    assert status == 200 and body["result"]["done"] == 10
+    with pytest.raises(jobs.JobNotFound):  # chunks are internal
+        jobs.fetch(connection(), f"{job.id}-0")
+
+
+# --- uploads -------------------------------------------------------------------------------------------
+
+def jpeg_bytes(size=(640, 480), color="teal") -> bytes:
+    buffer = io.BytesIO()
+    PILImage.new("RGB", size, color).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def test_one_upload_is_one_job_stored_under_uploads(client, images_root):
+    body = submit(client, "POST", data={"image": (io.BytesIO(jpeg_bytes()), "café 東京.jpg")},
+                  content_type="multipart/form-data")
+    stored = images_root / "uploads" / body["jobId"] / "café 東京.jpg"
+    assert stored.is_file()
+    result = result_of(client, body["jobId"])["result"]
+    assert result["path"].endswith("café 東京_resized.jpg") and (result["width"], result["height"]) == (100, 75)
+
+
+def test_several_uploads_make_one_batch_with_per_file_errors(client, images_root):
+    files = [(io.BytesIO(jpeg_bytes()), "a.jpg"), (io.BytesIO(jpeg_bytes(color="red")), "a.jpg"),
+             (io.BytesIO(b"%PDF-1.4 not an image"), "../../evil.jpg")]
+    body = submit(client, "POST", data={"image": files, "action": "size"}, content_type="multipart/form-data")
+    result = result_of(client, body["jobId"])["result"]
+    names = [Path(entry["image"]).name for entry in result["images"]]
+    assert names == ["a.jpg", "1-a.jpg", "evil.jpg"]  # distinct names; no path from the client survives
+    assert (result["done"], result["failed"]) == (2, 1) and "not an image" in result["images"][2]["error"]
+    assert all(entry["image"].startswith(f"uploads/{body['jobId']}/") for entry in result["images"])
+
+
+def test_upload_in_the_wrong_field_or_with_a_path_is_refused(client, folder, images_root):
+    answer = client.post("/imageapi", data={"file": (io.BytesIO(jpeg_bytes()), "a.jpg")}, content_type="multipart/form-data")
+    assert answer.status_code == 400 and "'image'" in answer.get_json()["error"]
+    copy_sample(PHOTO, folder / "a.jpg")
+    answer = client.post("/imageapi", data={"image": (io.BytesIO(jpeg_bytes()), "b.jpg"),
+                                            "imagePath": rel(folder / "a.jpg", images_root)}, content_type="multipart/form-data")
+    assert answer.status_code == 400 and "not both" in answer.get_json()["error"]
+
+
+def test_oversize_upload_gets_413(client):
+    from RestAPI import app
+
+    limit = app.config["MAX_CONTENT_LENGTH"]
+    app.config["MAX_CONTENT_LENGTH"] = 1000
+    try:
+        answer = client.post("/imageapi", data={"image": (io.BytesIO(b"x" * 5000), "big.jpg")}, content_type="multipart/form-data")
+    finally:
+        app.config["MAX_CONTENT_LENGTH"] = limit
+    assert answer.status_code == 413 and "MAX_UPLOAD_MB" in answer.get_json()["error"]
+
+
+# --- failures and results ------------------------------------------------------------------------------
+
+def test_a_bad_single_image_fails_with_a_sentence_and_no_retry(client, folder, images_root):
+    (folder / "text.jpg").write_text("hello")
+    body = submit(client, "GET", query_string={"imagePath": rel(folder / "text.jpg", images_root)})
+    done = result_of(client, body["jobId"])
+    # a text file named .jpg -> 200 {"status": "failed", "error": "<path>: The file is not an image ..."}
+    assert done["status"] == "failed"
+    assert "not an image" in done["error"] and "Traceback" not in done["error"]
+    job = jobs.fetch(connection(), body["jobId"])
+    assert job.retries_left == 0  # a bad image is not retried
+
+
+def test_unknown_jobs_are_404_in_both_forms(client):
+    for url in ("/result/nope", "/result?jobId=nope", "/result?jobId=../../etc", "/result/file?jobId=a%20b"):
+        answer = client.get(url)
+        assert answer.status_code == 404 and "expired" in answer.get_json()["error"]
+    answer = client.get("/result")
+    assert answer.status_code == 400 and "jobId" in answer.get_json()["error"]
+
+
+def test_wait_must_be_0_to_30(client, folder, images_root):
+    copy_sample(PHOTO, folder / "a.jpg")
+    body = submit(client, "GET", query_string={"imagePath": rel(folder / "a.jpg", images_root)})
+    answer = client.get(f"/result/{body['jobId']}?wait=31")
+    assert answer.status_code == 400 and "wait" in answer.get_json()["error"]
+
+
+def test_results_are_kept_result_ttl_seconds(client, folder, images_root):
+    from config import settings
+
+    copy_sample(PHOTO, folder / "a.jpg")
+    body = submit(client, "GET", query_string={"imagePath": rel(folder / "a.jpg", images_root)})
+    result_of(client, body["jobId"])
+    assert settings.result_ttl - 5 < connection().ttl(f"rq:job:{body['jobId']}") <= settings.result_ttl
+
+
+def test_job_arguments_are_stored_as_json_not_pickle(client, folder, images_root):
+    copy_sample(PHOTO, folder / "a.jpg")
+    body = submit(client, "GET", query_string={"imagePath": rel(folder / "a.jpg", images_root)})
+    result_of(client, body["jobId"])
+    stored = zlib.decompress(connection().hget(f"rq:job:{body['jobId']}", "data"))  # RQ compresses job data
+    assert json.loads(stored)[0] == "tasks.run_single"
+
+
+# --- routes for operators, and errors as JSON ------------------------------------------------------------
+
+def test_health_reports_redis_workers_and_queues(client):
+    answer = client.get("/health")
+    assert answer.status_code == 200
+    body = answer.get_json()
+    assert body["redis"] == "ok" and body["workers"] >= 2 and set(body["queues"]) >= {"images", "classify"}
+
+
+def test_metrics_in_prometheus_text_format(client):
+    client.get("/health")
+    answer = client.get("/metrics")
+    assert answer.status_code == 200 and answer.mimetype == "text/plain"
+    text = answer.get_data(as_text=True)
+    assert 'imageapi_requests_total{method="GET",route="/health",status="200"}' in text
+    assert 'imageapi_queue_depth{queue="images"}' in text and "imageapi_workers" in text
+
+
+def test_unknown_route_and_wrong_method_answer_json(client):
+    answer = client.get("/nowhere")
+    assert answer.status_code == 404 and answer.is_json and "error" in answer.get_json()
+    answer = client.delete("/imageapi")
+    assert answer.status_code == 405 and "DELETE" in answer.get_json()["error"]
+
+
+def test_redis_down_answers_503_json(client, monkeypatch):
+    import RestAPI
+
+    dead = Redis.from_url("redis://127.0.0.1:9/0", socket_connect_timeout=0.2)  # nothing listens on port 9
+    monkeypatch.setattr(RestAPI, "connection", lambda: dead)
+    answer = client.get("/health")
+    assert answer.status_code == 503 and answer.get_json()["redis"] == "unreachable"
+    answer = client.get("/result/some-job")
+    assert answer.status_code == 503 and "Redis is unreachable" in answer.get_json()["error"]

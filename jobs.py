@@ -1,0 +1,147 @@
+"""The API's side of jobs: enqueueing one image or a batch, and answering for a job by its id.
+
+A batch (a folder, several uploads) is one job the user sees, the *batch job*, plus chunk jobs that
+do the work. The chunks fan out across every worker; the batch job is created without being
+enqueued, and the chunk that ends last enqueues it, so it runs once every image has an entry.
+"""
+import math
+import time
+import uuid
+from datetime import datetime
+
+from redis import Redis
+from rq import Callback, Queue, Retry, Worker
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+
+import batches
+from RedisConfig import SERIALIZER, queue
+from config import settings
+
+# Fewer images than this per chunk and RQ's per-job cost (~10 ms) starts to weigh against ~10 ms per thumbnail.
+MIN_CHUNK = 4
+# A blocking read is cut into slices this long; between slices the job's status is read afresh (see wait).
+WAIT_SLICE = 5.0
+TERMINAL = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _options(job_id: str, action: str, kind: str, **meta) -> dict:
+    """Every job of ours is kept RESULT_TTL, retried when its worker dies and explained when it fails."""
+    return {
+        "job_id": job_id, "result_ttl": settings.result_ttl, "failure_ttl": settings.result_ttl,
+        "timeout": settings.job_timeout, "retry": Retry(max=settings.job_retries) if settings.job_retries else None,
+        "on_failure": Callback("tasks.on_failure"), "meta": {"action": action, "kind": kind, **meta},
+    }
+
+
+def enqueue_single(redis: Redis, queue_name: str, action: str, image: str, params: dict, job_id: str) -> Job:
+    q = queue(queue_name, redis)
+    return q.enqueue_job(q.create_job("tasks.run_single", args=(action, image, params), **_options(job_id, action, "single")))
+
+
+def chunk_size(total: int, workers: int) -> int:
+    """Images per chunk: about four chunks per worker, so every worker gets work and a slow
+    chunk does not hold up the end, but never so small that per-job overhead dominates."""
+    per_chunk = math.ceil(total / (4 * max(workers, 1)))
+    return max(1, min(settings.chunk_size, max(MIN_CHUNK, per_chunk)))
+
+
+def enqueue_batch(redis: Redis, queue_name: str, action: str, images: list[str], params: dict, job_id: str) -> Job:
+    """The batch job (created, not yet queued) and its chunks (queued), written in one transaction."""
+    q = queue(queue_name, redis)
+    size = chunk_size(len(images), Worker.count(connection=redis, queue=q))
+    batch_job = q.create_job("tasks.finish_batch", args=(job_id, images), status=JobStatus.CREATED,
+                             **_options(job_id, action, "batch", total=len(images)))
+    batch_job.origin = q.name
+    chunks = [
+        Queue.prepare_data("tasks.run_chunk", (job_id, action, number, start, images[start:start + size], params),
+                           **_options(f"{job_id}-{number}", action, "chunk", batch=job_id, chunk=number))
+        for number, start in enumerate(range(0, len(images), size))
+    ]
+    with redis.pipeline() as pipe:
+        batches.create(redis, job_id, total=len(images), chunks=len(chunks), pipeline=pipe)
+        batch_job.save(pipeline=pipe)
+        q.enqueue_many(chunks, pipeline=pipe)
+        pipe.execute()
+    return batch_job
+
+
+class JobNotFound(LookupError):
+    pass
+
+
+def fetch(redis: Redis, job_id: str) -> Job:
+    """The user's job (a single or batch job; chunks are internal), or JobNotFound once it expired."""
+    try:
+        job = Job.fetch(job_id, connection=redis, serializer=SERIALIZER)
+    except (NoSuchJobError, ValueError):  # ValueError: not even a well-formed job id
+        raise JobNotFound(f"No job {job_id!r}: it never existed or its result expired (results are kept {settings.result_ttl} s).") from None
+    if job.meta.get("kind") not in ("single", "batch"):
+        raise JobNotFound(f"No job {job_id!r}.")
+    return job
+
+
+def wait(redis: Redis, job: Job, seconds: float) -> None:
+    """Hold until the job ends or `seconds` pass, woken by Redis itself, not by polling.
+
+    A job's end appends an entry to its result stream rq:results:<id> (RQ writes it in the same
+    transaction as the status); XREAD BLOCK sleeps in Redis until that entry exists. Reading from
+    the stream's start means an entry written before we began waiting is seen at once: it cannot be
+    missed the way a pub/sub message sent while nobody listened can. The fallback, for an ending that
+    writes no entry (a job cancelled or deleted by hand): the block is cut into slices of WAIT_SLICE
+    seconds and the job's status is read again between slices, so such an end is noticed within one slice.
+    """
+    deadline = time.monotonic() + seconds
+    stream = f"rq:results:{job.id}"
+    while job.get_status(refresh=True) not in TERMINAL:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        redis.xread({stream: "0-0"}, count=1, block=max(1, int(1000 * min(left, WAIT_SLICE))))
+    job.refresh()  # the meta (an error sentence) was written as the job ended
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat().replace("+00:00", "Z") if moment else None
+
+
+def describe(redis: Redis, job: Job) -> tuple[int, dict]:
+    """The HTTP status and body that answer for a job: 200 once it ended, 202 while it runs."""
+    status = job.get_status(refresh=False)
+    ended = job.latest_result() if status in TERMINAL else None
+    body = {"jobId": job.id, "action": job.meta.get("action"), "status": _public_status(redis, job, status),
+            "enqueuedAt": _iso(job.created_at), "startedAt": _iso(job.started_at), "endedAt": None}
+    if ended is not None:
+        body["startedAt"] = _iso(ended.execution_started_at)
+        body["endedAt"] = _iso(ended.execution_ended_at or ended.created_at)
+    if job.meta.get("kind") == "batch":
+        body["startedAt"] = batches.started_at(redis, job.id) or body["startedAt"]
+    if status == JobStatus.FINISHED and ended is not None:
+        body["result"] = ended.return_value
+        return 200, body
+    if status in TERMINAL:
+        body["status"] = "failed"
+        body["error"] = job.meta.get("error") or _unexplained_end(status)
+        return 200, body
+    if job.meta.get("kind") == "batch":
+        body["progress"] = batches.progress(redis, job.id)
+    return 202, body
+
+
+def _public_status(redis: Redis, job: Job, status: JobStatus) -> str:
+    """RQ's statuses as the user sees them: queued, started, finished or failed."""
+    if status in (JobStatus.FINISHED, JobStatus.FAILED):
+        return status.value
+    if status == JobStatus.STARTED:
+        return "started"
+    if job.meta.get("kind") == "batch" and (status == JobStatus.QUEUED or batches.started_at(redis, job.id)):
+        return "started"  # a batch is under way once its first chunk has started
+    return "queued"
+
+
+def _unexplained_end(status: JobStatus) -> str:
+    return f"The job was {status.value} before it finished; submit it again."

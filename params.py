@@ -1,0 +1,64 @@
+"""Request parameters, declared once as pydantic models: they validate requests and describe them.
+
+A request's parameters may come from the query string, form fields or a JSON body; RestAPI merges
+them into one dict and validates it here, before anything is enqueued.
+"""
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from Image import FORMATS
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Source(_Params):
+    """Which images a request names (uploads come as files, not parameters)."""
+
+    imagePath: str | None = Field(None, description="a file or folder inside the images root", max_length=4096)
+    recursive: bool = Field(False, description="include the subfolders of a folder")
+
+
+class SizeParams(_Params):
+    pass
+
+
+class ResizeParams(_Params):
+    width: int = Field(100, ge=1, le=4096, description="box width in pixels")
+    height: int = Field(100, ge=1, le=4096, description="box height in pixels")
+    fit: Literal["contain", "cover", "stretch"] = Field("contain", description="keep aspect inside the box, fill and crop, or distort")
+    format: Literal[FORMATS] | None = Field(None, description="output format; default: the source's")
+
+    @field_validator("format", "fit", mode="before")
+    @classmethod
+    def _lower(cls, value):
+        if isinstance(value, str):
+            value = value.strip().lower()
+            return {"jpg": "jpeg", "": None}.get(value, value)
+        return value
+
+
+class ResultQuery(_Params):
+    wait: float = Field(0, ge=0, le=30, description="seconds to hold the request until the job ends")
+
+
+class InvalidParameter(ValueError):
+    """A parameter failed validation; str() names it in one sentence."""
+
+
+def validate(model: type[_Params], values: dict) -> _Params:
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        raise InvalidParameter(describe(exc)) from None
+
+
+def describe(exc: ValidationError) -> str:
+    """One sentence naming the first bad parameter, what was wrong and what was given."""
+    error = exc.errors(include_url=False)[0]
+    name = ".".join(str(part) for part in error["loc"]) or "the request"
+    given = error.get("input")
+    shown = f" (got {given!r})" if isinstance(given, (str, int, float, bool)) else ""
+    return f"Invalid parameter {name}: {error['msg']}{shown}."

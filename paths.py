@@ -1,0 +1,89 @@
+"""Where files live under the images root: resolving user paths safely, listing folders, naming outputs.
+
+Every path a user gives is resolved (symlinks too) and must land inside the images root; a path that
+leaves it is refused before anything touches the file system beyond that check.
+"""
+import os
+import unicodedata
+from pathlib import Path, PurePosixPath
+
+from Image import IMAGE_EXTENSIONS
+
+# The root as the containers see it. Accepted in every mode, so a request written for the
+# containers (`/ImageResize/images/Japan/a.jpg`) works against `python run.py` too.
+CONTAINER_ROOT = PurePosixPath("/ImageResize/images")
+RESIZED_DIR = "resized"
+UPLOADS_DIR = "uploads"
+
+
+class PathRefused(ValueError):
+    """The path leaves the images root or is malformed (400). str() is the user's sentence."""
+
+
+class PathNotFound(LookupError):
+    """The path is inside the root but nothing is there (404)."""
+
+
+def resolve(root: Path, user_path: str) -> Path:
+    """The absolute, symlink-free path that user_path names inside root, or PathRefused/PathNotFound."""
+    if "\x00" in user_path:
+        raise PathRefused("imagePath contains a NUL character.")
+    given = PurePosixPath(user_path.strip())
+    if given.is_absolute() and given.is_relative_to(CONTAINER_ROOT):
+        given = given.relative_to(CONTAINER_ROOT)
+    resolved = (root / given).resolve()
+    if not resolved.is_relative_to(root):
+        raise PathRefused(f"imagePath {user_path!r} is outside the images root; give a path inside it, like Japan/a.jpg.")
+    if not resolved.exists():
+        raise PathNotFound(f"Nothing is at imagePath {relative(root, resolved)!r} under the images root.")
+    return resolved
+
+
+def relative(root: Path, path: Path) -> str:
+    """The path as the user sees it: relative to the root, with forward slashes ('.' for the root)."""
+    return path.relative_to(root).as_posix()
+
+
+def is_image_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def list_images(root: Path, folder: Path, recursive: bool) -> list[str]:
+    """The images in folder (its subfolders too if recursive), relative to root, sorted.
+
+    Symlinks that lead out of the root are left out; so are the service's own outputs (resized/).
+    """
+    outputs = root / RESIZED_DIR
+    found = []
+    for current, dirs, files in os.walk(folder, followlinks=False):
+        here = Path(current)
+        dirs[:] = sorted(d for d in dirs if recursive and here / d != outputs and not d.startswith("."))
+        for name in files:
+            if is_image_name(name) and not name.startswith("."):
+                path = (here / name).resolve()
+                if path.is_relative_to(root) and path.is_file():
+                    found.append(relative(root, here / name))
+        if not recursive:
+            break
+    return sorted(found)
+
+
+def thumbnail_path(root: Path, source: str, extension: str) -> Path:
+    """<root>/resized/<source's folder>/<name>_resized<ext>: mirrors the source's folder, so
+    a.jpg in two folders never share a thumbnail."""
+    source_path = PurePosixPath(source)
+    return root / RESIZED_DIR / source_path.parent / f"{source_path.stem}_resized{extension}"
+
+
+def upload_folder(root: Path, job_id: str) -> Path:
+    return root / UPLOADS_DIR / job_id
+
+
+def safe_upload_name(filename: str | None, index: int) -> str:
+    """A file name safe to store: the base name only, NFC, no control or separator characters.
+
+    Unicode is kept (werkzeug's secure_filename would strip it); a name left empty becomes upload-<index>.
+    """
+    base = unicodedata.normalize("NFC", (filename or "").replace("\\", "/").rsplit("/", 1)[-1])
+    cleaned = "".join(ch for ch in base if ch.isprintable()).strip().lstrip(".")
+    return cleaned[:200] or f"upload-{index}"

@@ -1,0 +1,154 @@
+"""The RQ job functions: what a worker runs. Each job names its action; the per-image work is in Image.py.
+
+Job kinds:
+  run_single(action, image, params)                    one image; its result is the job's result
+  run_chunk(batch_id, action, chunk, offset, images, params)
+                                                       part of a batch; entries go to the batch record
+  finish_batch(batch_id, images)                       the batch's own job: gathers every entry
+
+A per-image problem becomes that image's error entry and never stops the other images; a single-image
+job with a bad image fails with that sentence, without retries (a bad image stays bad).
+"""
+import importlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+
+from redis import Redis
+from rq import Queue
+from rq.job import Job, JobStatus
+from rq.timeouts import JobTimeoutException
+from rq.exceptions import AbandonedJobError
+
+import Image
+import batches
+import paths
+from RedisConfig import SERIALIZER
+from config import settings
+
+log = logging.getLogger(__name__)
+
+
+class ImageJobError(Exception):
+    """The job's one image could not be processed; str() is the user's sentence."""
+
+
+def _entry(image: str, work: Callable) -> dict:
+    """{"image", "result"} or {"image", "error"}: one image's outcome, whatever went wrong."""
+    try:
+        return {"image": image, "result": work(paths.resolve(settings.images_root, image))}
+    except (Image.ImageError, paths.PathRefused, paths.PathNotFound) as exc:
+        return {"image": image, "error": str(exc)}
+    except Exception as exc:  # one image's surprise must not fail the rest of its batch
+        log.exception("unexpected error on image %s", image)
+        return {"image": image, "error": f"Unexpected {type(exc).__name__} while processing this image; the worker log has details."}
+
+
+def size_images(images: list[str], params: dict) -> Iterator[dict]:
+    for image in images:
+        yield _entry(image, lambda path: Image.read_size(path, settings.max_image_pixels))
+
+
+def resize_images(images: list[str], params: dict) -> Iterator[dict]:
+    for image in images:
+        yield _entry(image, lambda path: _resize(path, image, params))
+
+
+def _resize(path, image: str, params: dict) -> dict:
+    source = Image.read_size(path, settings.max_image_pixels)
+    extension = Image.output_extension(source["format"], params.get("format"))
+    dest = paths.thumbnail_path(settings.images_root, image, extension)
+    written = Image.make_thumbnail(
+        path, dest, params.get("width", 100), params.get("height", 100), params.get("fit", "contain"),
+        params.get("format"), settings.max_image_pixels,
+    )
+    return {"path": str(dest), **written}
+
+
+# Each action's processor, by import path: a worker imports only the ones it runs, so the
+# size/resize workers never import the classifier's TensorFlow.
+PROCESSORS = {
+    "size": "tasks.size_images",
+    "resize": "tasks.resize_images",
+}
+
+
+def processor(action: str) -> Callable[[list[str], dict], Iterable[dict]]:
+    module, _, name = PROCESSORS[action].rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def run_single(action: str, image: str, params: dict) -> dict:
+    started = time.perf_counter()
+    entry = next(iter(processor(action)([image], params)))
+    log.info("%s %s in %.1f ms%s", action, image, 1000 * (time.perf_counter() - started), " (failed)" if "error" in entry else "")
+    if "error" in entry:
+        raise ImageJobError(f"{image}: {entry['error']}")
+    return entry["result"]
+
+
+def run_chunk(batch_id: str, action: str, chunk: int, offset: int, images: list[str], params: dict) -> dict:
+    redis = _redis()
+    batches.mark_started(redis, batch_id)
+    started = time.perf_counter()
+    failed = 0
+    for index, entry in enumerate(processor(action)(images, params), start=offset):
+        batches.record(redis, batch_id, index, entry)
+        failed += "error" in entry
+    log.info("%s chunk %d of batch %s: %d images, %d failed, in %.1f ms",
+             action, chunk, batch_id, len(images), failed, 1000 * (time.perf_counter() - started))
+    _end_chunk(redis, batch_id, chunk)
+    return {"images": len(images), "failed": failed}
+
+
+def finish_batch(batch_id: str, images: list[str]) -> dict:
+    """The batch job's result: one entry per image, in the order they were listed. Idempotent."""
+    redis = _redis()
+    entries = batches.collect(redis, batch_id, images)
+    failed = sum("error" in entry for entry in entries)
+    batches.expire(redis, batch_id, settings.result_ttl)
+    log.info("batch %s finished: %d images, %d failed", batch_id, len(entries), failed)
+    return {"total": len(entries), "done": len(entries) - failed, "failed": failed, "images": entries}
+
+
+def _end_chunk(redis: Redis, batch_id: str, chunk: int) -> None:
+    """Count the chunk as ended; the chunk that ends the batch enqueues the batch's own job."""
+    if not batches.end_chunk(redis, batch_id, chunk):
+        return
+    batch_job = Job.fetch(batch_id, connection=redis, serializer=SERIALIZER)
+    if batch_job.get_status() == JobStatus.CREATED:
+        Queue(batch_job.origin, connection=redis, serializer=SERIALIZER).enqueue_job(batch_job)
+
+
+def on_failure(job: Job, redis: Redis, exc_type, exc_value, traceback) -> None:
+    """RQ calls this when a job raises, times out or is abandoned by a dead worker.
+
+    It stores the user's sentence in job.meta["error"]. A bad image is not retried; anything else is,
+    while retries remain. Once a chunk fails for good, it still counts as ended, so its batch finishes
+    with an error entry for each image it held.
+    """
+    if exc_type is ImageJobError:
+        job.retries_left = 0
+    if job.should_retry:
+        log.warning("job %s failed (%s); retrying, %d retries left", job.id, exc_type.__name__, job.retries_left)
+        return
+    job.meta["error"] = failure_sentence(job, exc_type, exc_value)
+    job.save_meta()
+    if job.meta.get("kind") == "chunk":
+        _end_chunk(redis, job.meta["batch"], job.meta["chunk"])
+
+
+def failure_sentence(job: Job, exc_type, exc_value) -> str:
+    if exc_type is ImageJobError:
+        return str(exc_value)
+    if issubclass(exc_type, JobTimeoutException):
+        return f"The job ran longer than its limit of {job.timeout} seconds (JOB_TIMEOUT) and was stopped; raise the limit or send fewer or smaller images."
+    if issubclass(exc_type, AbandonedJobError):
+        return "The worker running this job stopped before it finished, and retries ran out; submit it again."
+    return f"The job failed unexpectedly ({exc_type.__name__}); the worker log has details under job {job.id}."
+
+
+def _redis() -> Redis:
+    from rq import get_current_job
+
+    return get_current_job().connection

@@ -1,0 +1,52 @@
+"""An RQ worker process: `python worker.py images` (size/resize/plot) or `python worker.py classify`.
+
+It is a SimpleWorker: it runs every job in its own process instead of forking a child per job.
+Forking costs ~18 ms per job against ~11 ms (measured with rq 2.x on 2 cores), and keeps nothing warm
+between jobs; a SimpleWorker keeps imports (and, for the classifier, the model) loaded. The price: a
+job that crashes the interpreter takes the worker with it; RQ then sees the job abandoned and retries it.
+
+`python worker.py --check` exits 0 when Redis answers and a worker of this host is registered (the
+container healthcheck).
+"""
+import argparse
+import logging
+import socket
+import sys
+
+from rq import SimpleWorker, Worker
+
+from RedisConfig import QUEUE_NAMES, SERIALIZER, RedisNotConfigured, connection, queue
+from log import setup_logging
+
+
+def healthy() -> bool:
+    redis = connection()
+    redis.ping()
+    host = socket.gethostname()
+    return any(worker.hostname == host for worker in Worker.all(connection=redis))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("queues", nargs="*", help=f"queues to serve: {', '.join(QUEUE_NAMES)}")
+    parser.add_argument("--check", action="store_true", help="exit 0 if Redis answers and a worker of this host is registered")
+    args = parser.parse_args(argv)
+    if args.check:
+        return 0 if healthy() else 1
+    if not args.queues or not set(args.queues) <= set(QUEUE_NAMES):
+        parser.error(f"name the queues to serve, among: {', '.join(QUEUE_NAMES)}")
+    service = "classifier" if args.queues == ["classify"] else "worker"
+    log = setup_logging(service)
+    logging.getLogger("rq.worker").setLevel(logging.WARNING)  # RQ logs several lines per job; ours log one
+    redis = connection()
+    worker = SimpleWorker([queue(name, redis) for name in args.queues], connection=redis, serializer=SERIALIZER)
+    log.info("worker %s serving %s", worker.name, ", ".join(args.queues))
+    worker.work(logging_level="WARNING")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except RedisNotConfigured as exc:
+        sys.exit(f"worker: {exc}")
