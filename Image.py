@@ -114,11 +114,7 @@ def _opened(path, max_pixels):
                     raise _too_many_pixels(pixels, max_pixels)
                 yield img
     except Image.DecompressionBombError as exc:
-        found = re.search(r"\((\d+) pixels\) exceeds limit of (\d+)", str(exc))
-        if not found:
-            raise ImageError(f"The image has more pixels than the limit of {max_pixels:,} (MAX_IMAGE_PIXELS).") from None
-        pixels, pillow_limit = map(int, found.groups())
-        raise _too_many_pixels(pixels, min(max_pixels, pillow_limit)) from None
+        raise _pillow_bomb_error(exc, max_pixels) from None
 
 
 def _open(path):
@@ -140,8 +136,17 @@ def _too_many_pixels(pixels, limit):
     return ImageError(f"The image has {pixels:,} pixels, more than the limit of {limit:,} (MAX_IMAGE_PIXELS).")
 
 
+def _pillow_bomb_error(exc, max_pixels):
+    """Our sentence for Pillow's "Image size (N pixels) exceeds limit of M pixels, ...", with the lower limit."""
+    found = re.search(r"\((\d+) pixels\) exceeds limit of (\d+)", str(exc))
+    if not found:
+        return ImageError(f"The image has more pixels than the limit of {max_pixels:,} (MAX_IMAGE_PIXELS).")
+    pixels, pillow_limit = map(int, found.groups())
+    return _too_many_pixels(pixels, min(max_pixels, pillow_limit))
+
+
 def _read_error(exc, sentence):
-    """The operating system's reason (permission, I/O error) if it has one; else sentence, as the bytes are bad."""
+    """The operating system's reason (permission, I/O error) if it gave one; else sentence: the bytes are bad."""
     if isinstance(exc, OSError) and exc.errno is not None:
         return ImageError(f"The file could not be read: {exc.strerror}.")
     return ImageError(sentence)
@@ -160,12 +165,12 @@ def _thumbnail(img, size, fit):
 
 
 def _draft_size(src_size, size, fit, swapped):
-    """The smallest decode size, in the file's stored orientation, that leaves _REDUCING_GAP times the output pixels."""
+    """The smallest decode size (in the file's stored orientation) leaving _REDUCING_GAP times the output pixels."""
     (src_w, src_h), (out_w, out_h) = src_size, (size[::-1] if swapped else size)
-    scale_x, scale_y = out_w / src_w, out_h / src_h
-    if fit != "stretch":
-        scale_x = scale_y = (min if fit == "contain" else max)(scale_x, scale_y)
-    return math.ceil(src_w * scale_x * _REDUCING_GAP), math.ceil(src_h * scale_y * _REDUCING_GAP)
+    # draft() reduces both axes by one factor, so "stretch", whose axes scale differently,
+    # needs the larger scale, as "cover" does.
+    scale = (min if fit == "contain" else max)(out_w / src_w, out_h / src_h)
+    return math.ceil(src_w * scale * _REDUCING_GAP), math.ceil(src_h * scale * _REDUCING_GAP)
 
 
 def _resize(img, size, fit):
@@ -195,7 +200,7 @@ def _to_8bit(img):
     if img.mode in ("L", "LA", "RGB", "RGBA") and "transparency" not in img.info:
         return img
     alpha = img.has_transparency_data
-    if img.mode in ("1", "L", "LA", "La"):
+    if img.mode in ("1", "L", "LA"):
         return img.convert("LA" if alpha else "L")
     return img.convert("RGBA" if alpha else "RGB")
 
@@ -227,8 +232,8 @@ def _flatten(img):
 def _write_atomically(img, dest, out_format, icc_profile):
     """Save to a hidden temporary file beside dest, then os.replace() it onto dest.
 
-    Readers never see a partial thumbnail, and a failure leaves neither dest nor the
-    temporary file behind. The temporary name does not end in an IMAGE_EXTENSIONS suffix.
+    Readers never see a partial thumbnail; a failure leaves dest as it was and removes the
+    temporary file, whose name does not end in an IMAGE_EXTENSIONS suffix (folder listings skip it).
     """
     dest = os.fspath(dest)
     folder = os.path.dirname(dest) or "."

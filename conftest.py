@@ -41,6 +41,7 @@ def pytest_unconfigure(config):
     if process is not None:
         process.terminate()
         process.wait(5)
+        process.stderr.close()
         shutil.rmtree(_session["base"], ignore_errors=True)
 
 

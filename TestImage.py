@@ -1,0 +1,637 @@
+"""Tests for Image.py: the real photos in testdata/ and hostile files generated in tmp_path."""
+
+import errno
+import io
+import os
+import shutil
+import struct
+import warnings
+import zlib
+from pathlib import Path
+
+import pytest
+from PIL import Image as PILImage
+from PIL import ImageFile
+
+import Image
+from Image import ImageError
+
+TESTDATA = Path(__file__).parent / "testdata"
+PHOTOS = {  # name: (width, height, Pillow format, mode)
+    "CogentLabs.jpg": (1996, 830, "JPEG", "RGB"),
+    "castle_image.jpg": (800, 480, "JPEG", "RGB"),
+    "jemma.png": (375, 500, "PNG", "RGB"),
+}
+LIMIT = 50_000_000
+NOT_AN_IMAGE = "The file is not an image Pillow can read (JPEG, PNG, WebP, GIF, BMP or TIFF)."
+CORRUPT = "The image data is truncated or corrupt."
+
+
+def image_error(call, *args, **kwargs) -> str:
+    """The message of the ImageError call raises, checked to be one sentence without a path."""
+    with pytest.raises(ImageError) as raised:
+        call(*args, **kwargs)
+    message = str(raised.value)
+    assert message.endswith(".") and message.count(". ") == 0 and "/" not in message
+    return message
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def encode(img, fmt, **options) -> bytes:
+    buffer = io.BytesIO()
+    img.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def png_declaring(width, height) -> bytes:
+    """A real 1x1 PNG whose IHDR claims width x height (CRC recomputed): a tiny decompression bomb."""
+    data = bytearray(encode(PILImage.new("L", (1, 1)), "PNG"))
+    data[16:24] = struct.pack(">II", width, height)  # IHDR data follows signature, length and type
+    data[29:33] = struct.pack(">I", zlib.crc32(data[12:29]))  # CRC covers the type and data
+    return bytes(data)
+
+
+def big_jpeg(tmp_path) -> Path:
+    """A 1920x1280 photo, the size a phone upload is reduced from."""
+    with PILImage.open(TESTDATA / "CogentLabs.jpg") as photo:
+        return write(tmp_path / "big.jpg", encode(photo.resize((1920, 1280)), "JPEG", quality=90))
+
+
+def opened(path):
+    with PILImage.open(path) as img:
+        img.load()
+        return img
+
+
+def assert_only(folder: Path, *names):
+    """folder holds exactly names: no temporary file (or partial thumbnail) left behind."""
+    assert sorted(os.listdir(folder)) == sorted(names)
+
+
+def halves(mode, left, right, size=(64, 64)):
+    """An image whose left half is colour left and right half colour right."""
+    img = PILImage.new(mode, size, right)
+    img.paste(left, (0, 0, size[0] // 2, size[1]))
+    return img
+
+
+# --- read_size ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", PHOTOS)
+def test_read_size_of_real_photos(name):
+    width, height, fmt, mode = PHOTOS[name]
+    assert Image.read_size(TESTDATA / name, LIMIT) == {"width": width, "height": height, "format": fmt, "mode": mode}
+
+
+@pytest.mark.parametrize(
+    ("fmt", "mode", "name"),
+    [("GIF", "P", "a.gif"), ("WEBP", "RGB", "a.webp"), ("BMP", "RGB", "a.bmp"), ("TIFF", "RGB", "a.tif")],
+)
+def test_read_size_of_other_formats(tmp_path, fmt, mode, name):
+    path = write(tmp_path / name, encode(PILImage.new("RGB", (30, 20), "red"), fmt))
+    assert Image.read_size(path, LIMIT) == {"width": 30, "height": 20, "format": fmt, "mode": mode}
+
+
+def test_read_size_reads_only_the_header(tmp_path, monkeypatch):
+    # The first half of a real JPEG: its header is intact, so read_size (which never decodes) succeeds.
+    data = (TESTDATA / "castle_image.jpg").read_bytes()
+    path = write(tmp_path / "half.jpg", data[: len(data) // 2])
+    monkeypatch.setattr(ImageFile.ImageFile, "load_prepare", lambda self: pytest.fail("read_size decoded pixels"))
+    assert Image.read_size(path, LIMIT) == {"width": 800, "height": 480, "format": "JPEG", "mode": "RGB"}
+    assert Image.read_size(TESTDATA / "jemma.png", LIMIT)["height"] == 500
+
+
+# --- hostile files, for both operations -------------------------------------------------------
+
+OPERATIONS = {
+    "read_size": lambda path, limit=LIMIT: Image.read_size(path, limit),
+    "make_thumbnail": lambda path, limit=LIMIT: Image.make_thumbnail(path, path.parent / "out" / "t.png", max_pixels=limit),
+}
+
+
+@pytest.fixture(params=OPERATIONS)
+def operation(request):
+    return OPERATIONS[request.param]
+
+
+def test_empty_file(tmp_path, operation):
+    # A zero-byte .jpg -> "The file is empty (0 bytes)."
+    path = write(tmp_path / "empty.jpg", b"")
+    assert image_error(operation, path) == "The file is empty (0 bytes)."
+
+
+def test_text_named_jpg(tmp_path, operation):
+    # A text file named .jpg -> not an image Pillow can read.
+    path = write(tmp_path / "notes.jpg", b"Hello, this is not a picture.\n" * 10)
+    assert image_error(operation, path) == NOT_AN_IMAGE
+
+
+@pytest.mark.parametrize("photo", ["castle_image.jpg", "jemma.png"])
+def test_truncated_header(tmp_path, operation, photo):
+    # The first 20 bytes of a real JPEG / PNG (signature and part of the header) -> not an image.
+    path = write(tmp_path / photo, (TESTDATA / photo).read_bytes()[:20])
+    assert image_error(operation, path) == NOT_AN_IMAGE
+
+
+def test_directory(tmp_path, operation):
+    # A folder named like an image -> "The path is a folder, not an image file."
+    (tmp_path / "folder.jpg").mkdir()
+    assert image_error(operation, tmp_path / "folder.jpg") == "The path is a folder, not an image file."
+
+
+def test_missing_file(tmp_path, operation):
+    # A path that does not exist -> "The file does not exist."
+    assert image_error(operation, tmp_path / "nowhere.jpg") == "The file does not exist."
+
+
+def test_unreadable_file(tmp_path, operation, monkeypatch):
+    # The OS refuses to open the file (simulated: the tests may run as root) -> its reason, without the path.
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(PILImage, "open", refuse)
+    path = write(tmp_path / "secret.jpg", (TESTDATA / "castle_image.jpg").read_bytes())
+    assert image_error(operation, path) == "The file could not be read: Permission denied."
+
+
+def test_bomb_over_our_limit(tmp_path, operation):
+    # A 1x1 PNG declaring 10,000 x 10,000 (above Pillow's warning threshold, below its error)
+    # -> our limit's sentence, and no DecompressionBombWarning escapes.
+    path = write(tmp_path / "bomb.png", png_declaring(10_000, 10_000))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        message = image_error(operation, path)
+    assert message == "The image has 100,000,000 pixels, more than the limit of 50,000,000 (MAX_IMAGE_PIXELS)."
+
+
+def test_bomb_over_pillows_limit(tmp_path, operation):
+    # A 1x1 PNG declaring 20,000 x 10,000: Pillow's DecompressionBombError fires inside Image.open
+    # -> the same sentence as our own check, with the pixel count.
+    path = write(tmp_path / "bomb.png", png_declaring(20_000, 10_000))
+    assert image_error(operation, path) == (
+        "The image has 200,000,000 pixels, more than the limit of 50,000,000 (MAX_IMAGE_PIXELS)."
+    )
+    # With a limit above Pillow's (2 * PIL.Image.MAX_IMAGE_PIXELS), Pillow's is the one reported.
+    assert image_error(operation, path, 10**9) == (
+        "The image has 200,000,000 pixels, more than the limit of 178,956,970 (MAX_IMAGE_PIXELS)."
+    )
+
+
+def test_bomb_error_without_pixel_count(tmp_path, operation, monkeypatch):
+    # A DecompressionBombError whose message has no pixel count -> the limit alone.
+    def explode(*args, **kwargs):
+        raise PILImage.DecompressionBombError("too big")
+
+    monkeypatch.setattr(PILImage, "open", explode)
+    path = write(tmp_path / "bomb.png", b"x")
+    assert image_error(operation, path) == "The image has more pixels than the limit of 50,000,000 (MAX_IMAGE_PIXELS)."
+
+
+def test_real_photo_over_a_small_limit(operation):
+    # castle_image.jpg (800x480) with a limit of 100,000 pixels -> rejected before decoding.
+    message = image_error(operation, TESTDATA / "castle_image.jpg", 100_000)
+    assert message == "The image has 384,000 pixels, more than the limit of 100,000 (MAX_IMAGE_PIXELS)."
+
+
+def test_bomb_within_a_large_limit_reads_its_size(tmp_path):
+    # The 10,000 x 10,000 header is fine when the limit allows it, and Pillow's warning is still silenced.
+    path = write(tmp_path / "big.png", png_declaring(10_000, 10_000))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert Image.read_size(path, 100_000_000)["width"] == 10_000
+
+
+# --- hostile files, decoding --------------------------------------------------------------------
+
+
+def test_truncated_jpeg(tmp_path):
+    # The first half of a real JPEG -> "The image data is truncated or corrupt.", and nothing written.
+    data = (TESTDATA / "castle_image.jpg").read_bytes()
+    path = write(tmp_path / "half.jpg", data[: len(data) // 2])
+    (tmp_path / "out").mkdir()
+    assert image_error(Image.make_thumbnail, path, tmp_path / "out" / "t.jpg") == CORRUPT
+    assert_only(tmp_path / "out")
+
+
+def test_corrupt_png(tmp_path):
+    # A real PNG with 200 bytes of its image data zeroed (bad CRC, broken zlib stream) -> corrupt.
+    data = bytearray((TESTDATA / "jemma.png").read_bytes())
+    start = data.find(b"IDAT") + 200
+    data[start : start + 200] = bytes(200)
+    path = write(tmp_path / "broken.png", bytes(data))
+    assert image_error(Image.make_thumbnail, path, tmp_path / "t.png") == CORRUPT
+    assert_only(tmp_path, "broken.png")
+
+
+def test_png_declaring_zero_width(tmp_path):
+    # A PNG header with width 0 -> not an image (Pillow refuses it when opening).
+    path = write(tmp_path / "zero.png", png_declaring(0, 1))
+    assert image_error(Image.make_thumbnail, path, tmp_path / "t.png") == NOT_AN_IMAGE
+
+
+# --- fits and sizes -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "fit", "box", "expected"),
+    [
+        ("castle_image.jpg", "contain", (100, 100), (100, 60)),
+        ("castle_image.jpg", "cover", (100, 100), (100, 100)),
+        ("castle_image.jpg", "stretch", (100, 50), (100, 50)),
+        ("CogentLabs.jpg", "contain", (100, 100), (100, 42)),
+        ("CogentLabs.jpg", "cover", (150, 60), (150, 60)),
+        ("CogentLabs.jpg", "stretch", (64, 256), (64, 256)),
+        ("jemma.png", "contain", (100, 100), (75, 100)),
+        ("jemma.png", "contain", (300, 100), (75, 100)),
+        ("jemma.png", "cover", (120, 80), (120, 80)),
+        ("jemma.png", "stretch", (10, 10), (10, 10)),
+        ("castle_image.jpg", "contain", (2000, 2000), (800, 480)),  # contain never upscales
+        ("jemma.png", "cover", (600, 600), (600, 600)),  # cover and stretch fill exactly
+        ("jemma.png", "stretch", (600, 240), (600, 240)),
+    ],
+)
+def test_fits_give_exact_sizes(tmp_path, name, fit, box, expected):
+    for fmt in Image.FORMATS:
+        dest = tmp_path / f"t.{fmt}"
+        result = Image.make_thumbnail(TESTDATA / name, dest, *box, fit=fit, fmt=fmt)
+        assert result == {"width": expected[0], "height": expected[1], "format": fmt.upper()}
+        written = opened(dest)
+        assert (written.size, written.format) == (expected, fmt.upper())
+
+
+def test_default_is_a_100x100_contain_in_the_source_format(tmp_path):
+    result = Image.make_thumbnail(TESTDATA / "CogentLabs.jpg", tmp_path / "t.jpg")
+    assert result == {"width": 100, "height": 42, "format": "JPEG"}
+
+
+def test_cover_crops_the_centre(tmp_path):
+    # Thirds red | green | blue, 300x100: cover to 50x50 keeps only the green middle.
+    source = PILImage.new("RGB", (300, 100), "blue")
+    source.paste("red", (0, 0, 100, 100))
+    source.paste((0, 255, 0), (100, 0, 200, 100))
+    path = write(tmp_path / "thirds.png", encode(source, "PNG"))
+    Image.make_thumbnail(path, tmp_path / "t.png", 50, 50, fit="cover")
+    thumb = opened(tmp_path / "t.png")
+    for x in (3, 25, 46):
+        red, green, blue = thumb.getpixel((x, 25))
+        assert green > 230 and red < 25 and blue < 25
+
+
+def test_stretch_ignores_the_aspect_ratio(tmp_path):
+    # Left half red, right half blue, stretched to 10x80: the left column stays red, the right blue.
+    path = write(tmp_path / "halves.png", encode(halves("RGB", "red", "blue"), "PNG"))
+    Image.make_thumbnail(path, tmp_path / "t.png", 10, 80, fit="stretch")
+    thumb = opened(tmp_path / "t.png")
+    assert thumb.getpixel((0, 40)) == (255, 0, 0) and thumb.getpixel((9, 40)) == (0, 0, 255)
+
+
+def decoded_sizes(monkeypatch) -> list:
+    """The size of every image Pillow decodes from now on (after draft() has reduced it)."""
+    sizes = []
+    load_prepare = ImageFile.ImageFile.load_prepare
+
+    def spy(self):
+        sizes.append(self.size)
+        load_prepare(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load_prepare", spy)
+    return sizes
+
+
+@pytest.mark.parametrize(("fit", "decoded"), [("contain", (240, 160)), ("cover", (480, 320)), ("stretch", (480, 320))])
+def test_jpeg_is_decoded_reduced_never_at_full_size(tmp_path, monkeypatch, fit, decoded):
+    # draft(): a 1920x1280 JPEG to 100x100 is decoded at 1/8 (contain) or 1/4 (cover, stretch:
+    # the crop or the short side still needs twice the output pixels), never at 1920x1280.
+    path = big_jpeg(tmp_path)
+    sizes = decoded_sizes(monkeypatch)
+    assert Image.make_thumbnail(path, tmp_path / "t.jpg", fit=fit)["height"] in (67, 100)
+    assert sizes == [decoded]
+
+
+# --- EXIF orientation ---------------------------------------------------------------------------
+
+
+def rotated_source(tmp_path, fmt, size=(300, 200)) -> Path:
+    """A landscape image, left half red and right half blue, tagged EXIF orientation 6 (rotate 90 clockwise)."""
+    exif = PILImage.Exif()
+    exif[0x0112] = 6
+    source = halves("RGB", "red", "blue", size)
+    return write(tmp_path / f"rotated.{fmt}", encode(source, fmt, exif=exif.tobytes()))
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_exif_orientation_6_gives_portrait(tmp_path, fmt):
+    path = rotated_source(tmp_path, fmt)
+    assert Image.read_size(path, LIMIT)["width"] == 300  # read_size reports the stored size
+    result = Image.make_thumbnail(path, tmp_path / "t.png", 100, 100, fmt="png")
+    assert (result["width"], result["height"]) == (67, 100)
+    thumb = opened(tmp_path / "t.png")
+    red, _, blue = thumb.getpixel((33, 10))  # the stored left half is now on top
+    assert red > 200 and blue < 50
+    red, _, blue = thumb.getpixel((33, 90))
+    assert blue > 200 and red < 50
+
+
+def test_exif_orientation_6_large_photo_all_fits(tmp_path):
+    # The brief's case: a 3000x2000 JPEG with orientation 6 gives a portrait thumbnail.
+    path = rotated_source(tmp_path, "JPEG", (3000, 2000))
+    assert Image.make_thumbnail(path, tmp_path / "a.jpg", 100, 100)["height"] == 100
+    assert opened(tmp_path / "a.jpg").size == (67, 100)
+    assert opened(tmp_path / "a.jpg").getexif().get(0x0112) is None  # no orientation left to apply twice
+    assert Image.make_thumbnail(path, tmp_path / "b.jpg", 200, 100)["width"] == 67
+    assert Image.make_thumbnail(path, tmp_path / "c.jpg", 120, 80, fit="cover")["width"] == 120
+    assert Image.make_thumbnail(path, tmp_path / "d.jpg", 30, 90, fit="stretch")["height"] == 90
+
+
+def test_exif_rotated_jpeg_is_drafted_for_its_upright_shape(tmp_path, monkeypatch):
+    # Stored 3000x2000, shown 2000x3000: a 300x60 cover needs 600 px across the shown width, i.e.
+    # 600 of the stored height, so 1/2 (1500x1000); sizing the draft unrotated would pick 1/4.
+    path = rotated_source(tmp_path, "JPEG", (3000, 2000))
+    sizes = decoded_sizes(monkeypatch)
+    assert Image.make_thumbnail(path, tmp_path / "t.jpg", 300, 60, fit="cover")["width"] == 300
+    assert sizes == [(1500, 1000)]
+
+
+# --- modes and transparency ---------------------------------------------------------------------
+
+
+def mode_source(tmp_path, mode) -> Path:
+    """A 40x30 image in mode, saved in a format that keeps the mode."""
+    img = {
+        "1": lambda: halves("1", 1, 0, (40, 30)),
+        "L": lambda: halves("L", 200, 50, (40, 30)),
+        "LA": lambda: halves("LA", (200, 255), (0, 0), (40, 30)),
+        "P": lambda: halves("RGB", "red", "blue", (40, 30)).convert("P"),
+        "RGB": lambda: halves("RGB", "red", "blue", (40, 30)),
+        "RGBA": lambda: halves("RGBA", (255, 0, 0, 255), (0, 0, 0, 0), (40, 30)),
+        "CMYK": lambda: halves("CMYK", (0, 255, 255, 0), (0, 0, 0, 255), (40, 30)),
+        "I;16": lambda: halves("I;16", 60000, 1000, (40, 30)),
+        "I;16B": lambda: halves("I;16B", 60000, 1000, (40, 30)),
+        "I": lambda: halves("I", 60000, 1000, (40, 30)),
+        "F": lambda: halves("F", 0.9, 0.1, (40, 30)),
+    }[mode]()
+    fmt = {"CMYK": "JPEG", "I;16B": "TIFF", "I": "TIFF", "F": "TIFF"}.get(mode, "PNG")
+    path = write(tmp_path / f"source.{fmt.lower()}", encode(img, fmt))
+    assert opened(path).mode == mode
+    return path
+
+
+GREY_MODES = {"1", "L", "LA", "I;16", "I;16B", "I", "F"}
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "I;16", "I;16B", "I", "F"])
+@pytest.mark.parametrize("fmt", Image.FORMATS)
+def test_every_source_mode_into_every_format(tmp_path, mode, fmt):
+    alpha = mode in ("LA", "RGBA")
+    Image.make_thumbnail(mode_source(tmp_path, mode), tmp_path / "t", 20, 15, fmt=fmt)
+    thumb = opened(tmp_path / "t")
+    if fmt == "jpeg":
+        expected = "L" if mode in GREY_MODES else "RGB"
+    elif fmt == "png":
+        expected = ("LA" if alpha else "L") if mode in GREY_MODES else ("RGBA" if alpha else "RGB")
+    else:  # WebP holds only RGB and RGBA
+        expected = "RGBA" if alpha else "RGB"
+    assert thumb.mode == expected
+    # The left half was always brighter (red, 200 or 60000) than the right one: no clipping to white.
+    grey = thumb.convert("L")
+    if not alpha:
+        assert grey.getpixel((2, 7)) > grey.getpixel((17, 7)) + 20
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt"), [("I;16", "PNG"), ("I;16B", "TIFF"), ("I", "TIFF")]
+)
+def test_16_bit_gradient_keeps_its_spread(tmp_path, mode, fmt):
+    # A horizontal 0..65535 gradient: convert("L") would clip everything above 255 to white.
+    source = PILImage.new(mode, (512, 8))
+    source.putdata([x * 128 for _ in range(8) for x in range(512)])
+    path = write(tmp_path / f"gradient.{fmt.lower()}", encode(source, fmt))
+    Image.make_thumbnail(path, tmp_path / "t.png", 256, 4, fit="stretch")
+    row = [opened(tmp_path / "t.png").getpixel((x, 2)) for x in range(256)]
+    assert row[0] <= 2 and row[-1] >= 250 and 120 <= row[128] <= 135
+    assert len(set(row)) > 200 and row == sorted(row)
+
+
+def test_float_image_in_0_to_1_is_scaled(tmp_path):
+    source = PILImage.new("F", (256, 4))
+    source.putdata([x / 255 for _ in range(4) for x in range(256)])
+    path = write(tmp_path / "float.tif", encode(source, "TIFF"))
+    Image.make_thumbnail(path, tmp_path / "t.png", 256, 4, fit="stretch")
+    row = [opened(tmp_path / "t.png").getpixel((x, 2)) for x in range(256)]
+    assert row[0] <= 1 and row[-1] >= 254 and len(set(row)) > 200
+
+
+def transparent_source(tmp_path, kind) -> Path:
+    """64x64: an opaque left half (red, or grey 100) and a fully transparent right half of colour black."""
+    if kind == "LA":
+        return write(tmp_path / "la.png", encode(halves("LA", (100, 255), (0, 0)), "PNG"))
+    if kind == "RGBA.webp":
+        return write(tmp_path / "rgba.webp", encode(halves("RGBA", (255, 0, 0, 255), (0, 0, 0, 0)), "WEBP", lossless=True))
+    if kind == "RGBA":
+        return write(tmp_path / "rgba.png", encode(halves("RGBA", (255, 0, 0, 255), (0, 0, 0, 0)), "PNG"))
+    palette = halves("P", 0, 1)
+    palette.putpalette([255, 0, 0, 0, 0, 0])
+    fmt = "GIF" if kind == "P.gif" else "PNG"
+    return write(tmp_path / f"p.{fmt.lower()}", encode(palette, fmt, transparency=1))
+
+
+@pytest.mark.parametrize("kind", ["RGBA", "RGBA.webp", "LA", "P.png", "P.gif"])
+@pytest.mark.parametrize("fmt", Image.FORMATS)
+def test_transparency_kept_or_flattened_on_white(tmp_path, kind, fmt):
+    path = transparent_source(tmp_path, kind)
+    Image.make_thumbnail(path, tmp_path / "t", 32, 32, fmt=fmt)
+    thumb = opened(tmp_path / "t").convert("RGBA")
+    opaque = (100, 100, 100) if kind == "LA" else (255, 0, 0)
+    left, right = thumb.getpixel((4, 16)), thumb.getpixel((28, 16))
+    assert all(abs(a - b) <= 8 for a, b in zip(left[:3], opaque)) and left[3] == 255
+    if fmt == "jpeg":  # no alpha: composited on white, not on the hidden black
+        assert min(right[:3]) >= 245 and right[3] == 255
+    else:
+        assert right[3] == 0
+
+
+def test_palette_without_transparency_is_resampled_not_nearest(tmp_path):
+    # A P image with a hard red|blue edge: converted before resizing, so the edge gets blended pixels.
+    path = write(tmp_path / "p.png", encode(halves("RGB", "red", "blue", (40, 40)).convert("P"), "PNG"))
+    Image.make_thumbnail(path, tmp_path / "t.png", 15, 15, fmt="png")
+    thumb = opened(tmp_path / "t.png")
+    assert thumb.mode == "RGB" and any(0 < thumb.getpixel((x, 7))[0] < 255 for x in range(15))
+
+
+def test_cmyk_jpeg_becomes_rgb(tmp_path):
+    # A CMYK JPEG in pure "red" (0% cyan, 100% magenta and yellow) -> an RGB thumbnail that is red.
+    path = write(tmp_path / "cmyk.jpg", encode(PILImage.new("CMYK", (64, 48), (0, 255, 255, 0)), "JPEG"))
+    assert Image.make_thumbnail(path, tmp_path / "t.jpg", 32, 32)["format"] == "JPEG"
+    red, green, blue = opened(tmp_path / "t.jpg").getpixel((16, 12))
+    assert red > 240 and green < 15 and blue < 15
+
+
+# --- animations ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "PNG", "WEBP"])
+def test_animation_uses_its_first_frame(tmp_path, fmt):
+    frames = [PILImage.new("RGB", (48, 48), colour) for colour in ("red", "lime", "blue")]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, fmt, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    path = write(tmp_path / f"anim.{fmt.lower()}", buffer.getvalue())
+    with PILImage.open(path) as animation:
+        assert animation.n_frames == 3
+    Image.make_thumbnail(path, tmp_path / "t.png", 24, 24, fmt="png")
+    red, green, blue = opened(tmp_path / "t.png").getpixel((12, 12))
+    assert red > 245 and green < 10 and blue < 10
+
+
+# --- formats and extensions ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("src_format", "fmt", "extension"),
+    [
+        ("JPEG", None, ".jpg"),
+        ("MPO", None, ".jpg"),  # what Pillow calls many camera JPEGs
+        ("PNG", None, ".png"),
+        ("WEBP", None, ".webp"),
+        ("GIF", None, ".png"),
+        ("TIFF", None, ".png"),
+        ("BMP", None, ".png"),
+        (None, None, ".png"),
+        ("GIF", "jpeg", ".jpg"),
+        ("JPEG", "png", ".png"),
+        ("PNG", "webp", ".webp"),
+        (None, "jpeg", ".jpg"),
+    ],
+)
+def test_output_extension(src_format, fmt, extension):
+    assert Image.output_extension(src_format, fmt) == extension
+
+
+@pytest.mark.parametrize(("name", "pil_format"), [("a.gif", "GIF"), ("a.bmp", "BMP"), ("a.webp", "WEBP"), ("a.jpg", "JPEG")])
+def test_output_extension_matches_what_is_written(tmp_path, name, pil_format):
+    path = write(tmp_path / name, encode(PILImage.new("RGB", (30, 20), "red"), pil_format))
+    extension = Image.output_extension(Image.read_size(path, LIMIT)["format"], None)
+    result = Image.make_thumbnail(path, tmp_path / f"t{extension}")
+    assert opened(tmp_path / f"t{extension}").format == result["format"]
+    assert Image.output_extension(result["format"], None) == extension
+
+
+def test_bad_arguments_are_value_errors(tmp_path):
+    photo = TESTDATA / "castle_image.jpg"
+    with pytest.raises(ValueError, match="fmt must be"):
+        Image.output_extension("JPEG", "gif")
+    with pytest.raises(ValueError, match="fmt must be"):
+        Image.make_thumbnail(photo, tmp_path / "t.gif", fmt="gif")
+    with pytest.raises(ValueError, match="fit must be"):
+        Image.make_thumbnail(photo, tmp_path / "t.jpg", fit="fill")
+    with pytest.raises(ValueError, match="at least 1"):
+        Image.make_thumbnail(photo, tmp_path / "t.jpg", 0, 100)
+    assert_only(tmp_path)
+
+
+def test_constants():
+    assert Image.FORMATS == ("jpeg", "png", "webp")
+    assert Image.IMAGE_EXTENSIONS == {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+
+
+# --- names, atomic writes, idempotency ----------------------------------------------------------
+
+
+def test_unicode_file_names(tmp_path):
+    src = tmp_path / "café 東京.jpg"
+    shutil.copy(TESTDATA / "castle_image.jpg", src)
+    dest = tmp_path / "縮略圖 ü" / "café 東京.webp"
+    assert Image.read_size(src, LIMIT)["width"] == 800
+    assert Image.make_thumbnail(src, dest, fmt="webp") == {"width": 100, "height": 60, "format": "WEBP"}
+    assert opened(dest).size == (100, 60)
+
+
+def test_write_creates_folders_and_leaves_no_temporary_file(tmp_path):
+    dest = tmp_path / "a" / "b" / "t.jpg"
+    Image.make_thumbnail(str(TESTDATA / "castle_image.jpg"), str(dest))  # str paths work as well as Path
+    assert_only(dest.parent, "t.jpg")
+
+
+def test_failed_write_leaves_no_temporary_file_and_the_old_thumbnail(tmp_path, monkeypatch):
+    # The disk fills up half-way through saving -> "could not be written: No space left on device.";
+    # the previous thumbnail at dest is untouched and the partial temporary file is removed.
+    dest = write(tmp_path / "t.jpg", b"previous thumbnail")
+
+    def fill_disk(img, fp, *args, **kwargs):
+        fp.write(b"\xff\xd8 partial")
+        raise OSError(errno.ENOSPC, "No space left on device", str(dest))
+
+    monkeypatch.setattr(PILImage.Image, "save", fill_disk)
+    message = image_error(Image.make_thumbnail, TESTDATA / "castle_image.jpg", dest)
+    assert message == "The thumbnail could not be written: No space left on device."
+    assert dest.read_bytes() == b"previous thumbnail"
+    assert_only(tmp_path, "t.jpg")
+
+
+def test_failed_write_leaves_no_dest(tmp_path, monkeypatch):
+    # Same failure with no previous thumbnail -> no dest at all.
+    def fill_disk(img, fp, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(PILImage.Image, "save", fill_disk)
+    image_error(Image.make_thumbnail, TESTDATA / "castle_image.jpg", tmp_path / "t.jpg")
+    assert_only(tmp_path)
+
+
+def test_unexpected_error_while_saving_removes_the_temporary_file(tmp_path, monkeypatch):
+    # Not an OSError (here a bug inside Pillow's encoder): it propagates as is, still cleaned up.
+    def crash(img, fp, *args, **kwargs):
+        fp.write(b"partial")
+        raise RuntimeError("encoder bug")
+
+    monkeypatch.setattr(PILImage.Image, "save", crash)
+    with pytest.raises(RuntimeError, match="encoder bug"):
+        Image.make_thumbnail(TESTDATA / "castle_image.jpg", tmp_path / "t.jpg")
+    assert_only(tmp_path)
+
+
+def test_dest_is_a_folder(tmp_path):
+    # dest names an existing folder -> os.replace fails: "could not be written: Is a directory."
+    (tmp_path / "t.jpg").mkdir()
+    message = image_error(Image.make_thumbnail, TESTDATA / "castle_image.jpg", tmp_path / "t.jpg")
+    assert message == "The thumbnail could not be written: Is a directory."
+    assert_only(tmp_path, "t.jpg")
+
+
+def test_dest_folder_is_a_file(tmp_path):
+    # dest's parent is a file -> the folder cannot be created: "could not be written: File exists."
+    write(tmp_path / "out", b"")
+    message = image_error(Image.make_thumbnail, TESTDATA / "castle_image.jpg", tmp_path / "out" / "t.jpg")
+    assert message == "The thumbnail could not be written: File exists."
+    assert_only(tmp_path, "out")
+
+
+@pytest.mark.parametrize("fmt", Image.FORMATS)
+@pytest.mark.parametrize("fit", Image.FITS)
+def test_idempotent(tmp_path, fmt, fit):
+    first, second = tmp_path / "first", tmp_path / "second"
+    Image.make_thumbnail(TESTDATA / "CogentLabs.jpg", first, 120, 90, fit=fit, fmt=fmt)
+    Image.make_thumbnail(TESTDATA / "CogentLabs.jpg", second, 120, 90, fit=fit, fmt=fmt)
+    Image.make_thumbnail(TESTDATA / "CogentLabs.jpg", second, 120, 90, fit=fit, fmt=fmt)  # overwrite
+    assert first.read_bytes() == second.read_bytes()
+    assert_only(tmp_path, "first", "second")
+
+
+def test_metadata_is_stripped_but_the_icc_profile_kept(tmp_path):
+    # CogentLabs.jpg carries an ICC profile; the EXIF block (camera, GPS) and the JPEG comment
+    # of the source must not reach the thumbnail, the colour profile must.
+    with PILImage.open(TESTDATA / "CogentLabs.jpg") as photo:
+        icc = photo.info["icc_profile"]
+        exif = PILImage.Exif()
+        exif[0x010F] = "Camera maker"
+        source = encode(photo, "JPEG", exif=exif.tobytes(), icc_profile=icc, comment=b"private note")
+    path = write(tmp_path / "photo.jpg", source)
+    for fmt in Image.FORMATS:
+        Image.make_thumbnail(path, tmp_path / f"t.{fmt}", fmt=fmt)
+        thumb = opened(tmp_path / f"t.{fmt}")
+        assert thumb.info.get("icc_profile") == icc
+        assert not thumb.getexif() and "comment" not in thumb.info
