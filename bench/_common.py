@@ -1,0 +1,241 @@
+"""Shared helpers of the benchmarks: the results table and log, free ports, the service under run.py.
+
+Nothing here talks to the machine's own Redis (port 6379): every Redis is one run.py starts or one
+started here with embedded_redis.start on a free port.
+"""
+import datetime
+import http.client
+import json
+import os
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+RESULTS = BENCH / "results.jsonl"
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # embedded_redis, for the Redis servers we start ourselves
+
+import embedded_redis  # noqa: E402  (after the path is set)
+
+
+# --- output -----------------------------------------------------------------------------------------
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def dirty() -> bool | None:
+    """Whether tracked files differ from HEAD (the service measured is the work tree, not the commit)."""
+    try:
+        return bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                                   capture_output=True, text=True, timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return "-"
+        return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+    return str(value)
+
+
+def ratio(value, baseline):
+    if value is None or baseline in (None, 0):
+        return None
+    return value / baseline
+
+
+def report(bench: str, rows: list[tuple], figures: dict) -> None:
+    """Print ONE table (figure | value | baseline | ratio) and append one JSON line to bench/results.jsonl."""
+    cells = [("figure", "value", "baseline", "ratio")] + [
+        (str(name), fmt(value), fmt(baseline), fmt(ratio(value, baseline) if r is ... else r))
+        for name, value, baseline, r in rows
+    ]
+    widths = [max(len(row[i]) for row in cells) for i in range(4)]
+    line = lambda row: "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) + " |"
+    print(line(cells[0]))
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in cells[1:]:
+        print(line(row))
+    figures = {**figures, "loadavg_1m_at_end": os.getloadavg()[0]}  # others' work on the machine shows up here
+    record = {"bench": bench, "figures": figures, "cores": os.cpu_count(),
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "commit": commit(),
+              "worktree_dirty": dirty()}
+    with RESULTS.open("a", encoding="utf-8") as file:
+        file.write(json.dumps(record) + "\n")
+    sys.stdout.flush()
+
+
+def log(message: str) -> None:
+    """Progress notes go to stderr, so stdout holds only the table."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0..100), linear between the two nearest ranks."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    position = (len(ordered) - 1) * q / 100
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+# --- Redis of our own ----------------------------------------------------------------------------------
+
+@contextmanager
+def own_redis(data_dir: Path, appendonly: bool = False):
+    """A private redis-server on a free 127.0.0.1 port; yields its URL (with a password)."""
+    port, password = embedded_redis.free_port(), secrets.token_urlsafe(16)
+    assert port != 6379
+    process = embedded_redis.start(Path(data_dir), port, password, appendonly=appendonly)
+    url = embedded_redis.url(port, password)
+    try:
+        embedded_redis.wait_until_up(url, process)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+def stop_process(process: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 15) -> None:
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+# --- HTTP ------------------------------------------------------------------------------------------------
+
+class Client:
+    """A keep-alive HTTP/1.1 client on 127.0.0.1 (http.client: the least client-side overhead)."""
+
+    def __init__(self, port: int, timeout: float = 45):
+        self.port, self.timeout = port, timeout
+        self.conn: http.client.HTTPConnection | None = None
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, dict]:
+        for attempt in range(2):  # one reconnect if the server closed the kept-alive connection
+            if self.conn is None:
+                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
+            try:
+                self.conn.request(method, path, body=body, headers=headers or {})
+                answer = self.conn.getresponse()
+                data = answer.read()
+                return answer.status, json.loads(data) if data else {}
+            except (http.client.HTTPException, ConnectionError, BrokenPipeError):
+                self.conn.close()
+                self.conn = None
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def close(self):
+        if self.conn is not None:
+            self.conn.close()
+
+
+def post_form(client: Client, path: str, fields: dict) -> tuple[int, dict]:
+    from urllib.parse import urlencode
+
+    return client.request("POST", path, urlencode(fields).encode(), {"Content-Type": "application/x-www-form-urlencoded"})
+
+
+def wait_result(client: Client, job_id: str, wait: int = 30, deadline_s: float = 300) -> dict:
+    """GET /result/<id>?wait=W repeated until the job is finished or failed (bounded by deadline_s)."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        status, body = client.request("GET", f"/result/{job_id}?wait={wait}")
+        if status == 200 and body.get("status") in ("finished", "failed"):
+            return body
+        if status >= 400:
+            raise RuntimeError(f"GET /result/{job_id} answered {status}: {body}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"job {job_id} did not end within {deadline_s:.0f} s (last: {body.get('status')})")
+
+
+# --- the service under run.py ------------------------------------------------------------------------
+
+class Service:
+    """`python run.py --port P --workers N --no-classifier` in a temporary working folder (so its
+    embedded Redis keeps its AOF in <tmp>/data), with IMAGES_DIR and LOGS_DIR of our choosing."""
+
+    def __init__(self, workdir: Path, images_dir: Path, logs_dir: Path, workers: int, env: dict | None = None):
+        self.port = embedded_redis.free_port()
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+        environment = {**os.environ, "IMAGES_DIR": str(images_dir), "LOGS_DIR": str(logs_dir), **(env or {})}
+        environment.pop("REDIS_URL", None)  # run.py then starts its own Redis, never the machine's
+        environment["PYTHONUNBUFFERED"] = "1"
+        self.lines: list[str] = []
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "run.py"), "--port", str(self.port), "--workers", str(workers), "--no-classifier"],
+            cwd=workdir, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self):
+        for line in self.process.stdout:  # the workers and the API log here too: keep the pipe flowing
+            if len(self.lines) < 200:
+                self.lines.append(line)
+            elif "ready at" in line or "Stopped" in line:
+                self.lines.append(line)
+
+    def wait_ready(self, timeout: float = 60) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.lines:
+                if "ready at" in line:
+                    return line.split("ready at ")[1].split()[0]
+            if self.process.poll() is not None:
+                raise RuntimeError("run.py exited:\n" + "".join(self.lines[-30:]))
+            time.sleep(0.05)
+        raise RuntimeError(f"run.py printed no ready line within {timeout:.0f} s:\n" + "".join(self.lines[-30:]))
+
+    def stop(self) -> None:
+        """SIGINT, like Ctrl+C: run.py stops the API and workers, then its Redis."""
+        stop_process(self.process, signal.SIGINT, timeout=20)
+
+
+@contextmanager
+def service(workdir: Path, images_dir: Path, logs_dir: Path, workers: int, env: dict | None = None):
+    running = Service(workdir, images_dir, logs_dir, workers, env)
+    try:
+        started = time.perf_counter()
+        url = running.wait_ready()
+        log(f"run.py ready at {url} in {time.perf_counter() - started:.1f} s ({workers} workers)")
+        yield running
+    finally:
+        running.stop()
+
+
+def link_or_copy(source: Path, dest: Path) -> None:
+    if dest.exists():
+        return
+    try:
+        os.link(source, dest)
+    except OSError:
+        shutil.copyfile(source, dest)

@@ -1,0 +1,275 @@
+"""What one job costs: RQ's own per-job time, and submit-to-result latency of `size` jobs through the API.
+
+    python bench/job_overhead.py [--jobs 1000] [--requests 300] [--concurrency 8] [--throughput-jobs 400]
+                                 [--service-workers 2] [--bare-workers 1] [--no-fork]
+
+1. RQ per job. A private redis-server (embedded_redis.start on a free port, appendonly off) gets
+   --jobs jobs of bench/noop.py:noop (JSON serializer); one worker then empties the queue in burst
+   mode, in its own process (bench/rq_burst.py): (i) rq.SimpleWorker, as worker.py runs; (ii) the
+   forking rq.Worker. ms/job = the burst's time / jobs.
+2. The service. `python run.py --workers 2 --no-classifier` in a temporary folder, one small JPEG in a
+   temporary images root; after 20 warm-up requests, --requests sequential rounds of
+   POST /imageapi?action=size (imagePath=the JPEG) then GET /result/<id>?wait=5; p50/p95/p99 of the
+   time from sending the POST to having the result. Then throughput: --throughput-jobs such rounds
+   from --concurrency client threads, jobs/s.
+3. The bare baseline: a second private redis-server (AOF on, like run.py's) and `python worker.py
+   images` (--bare-workers processes) with REDIS_URL pointing at it; the same rounds as
+   queue.enqueue("tasks.run_single", "size", image, {}) + job.latest_result(timeout=5), no HTTP.
+Targets: service p50 <= 5 ms; >= 500 size jobs/s.
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from PIL import Image
+from redis import Redis
+from rq import Queue, Worker
+from rq.results import Result
+from rq.serializers import JSONSerializer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import BENCH, ROOT, Client, log, own_redis, percentile, post_form, report, service, stop_process  # noqa: E402
+
+TARGET_P50_MS = 5.0
+TARGET_JOBS_PER_S = 500.0
+WARMUP = 20
+IMAGE = "tiny.jpg"
+
+
+# --- 1. RQ's own per-job cost ---------------------------------------------------------------------
+
+def burst(url: str, queue_name: str, kind: str, jobs: int) -> dict:
+    redis = Redis.from_url(url)
+    queue = Queue(queue_name, connection=redis, serializer=JSONSerializer)
+    started = time.perf_counter()
+    for _ in range(jobs):
+        queue.enqueue("noop.noop", result_ttl=600)
+    enqueue_s = time.perf_counter() - started
+    runner = subprocess.run([sys.executable, str(BENCH / "rq_burst.py"), url, queue_name, kind], cwd=ROOT,
+                            capture_output=True, text=True, timeout=150)
+    if runner.returncode != 0:
+        raise RuntimeError(f"the {kind} worker failed: {runner.stderr[-2000:]}")
+    outcome = json.loads(runner.stdout.strip().splitlines()[-1])
+    if outcome["succeeded"] != jobs or queue.count:
+        raise RuntimeError(f"the {kind} worker ran {outcome['succeeded']} of {jobs} jobs ({outcome['failed']} failed)")
+    redis.close()
+    return {"ms_per_job": 1000 * outcome["seconds"] / jobs, "enqueue_ms_per_job": 1000 * enqueue_s / jobs}
+
+
+# --- rounds: latency and throughput ----------------------------------------------------------------
+
+def latencies(one_round, count: int) -> list[float]:
+    """ms of `count` sequential rounds, after WARMUP rounds that are not counted."""
+    for _ in range(WARMUP):
+        one_round()
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        one_round()
+        times.append(1000 * (time.perf_counter() - started))
+    return times
+
+
+def throughput(make_round, jobs: int, threads: int, deadline_s: float = 60) -> float:
+    """Jobs per second when `threads` clients run rounds back to back until `jobs` rounds are done."""
+    left = [jobs]
+    lock = threading.Lock()
+    errors = []
+    deadline = time.monotonic() + deadline_s
+
+    def client():
+        try:
+            one_round, close = make_round()
+            try:
+                while time.monotonic() < deadline:
+                    with lock:
+                        if left[0] <= 0:
+                            return
+                        left[0] -= 1
+                    one_round()
+            finally:
+                close()
+        except Exception as exc:  # reported below; one failing client must not hang the others
+            errors.append(exc)
+
+    workers = [threading.Thread(target=client) for _ in range(threads)]
+    started = time.perf_counter()
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join(deadline_s + 30)
+    elapsed = time.perf_counter() - started
+    if errors:
+        raise RuntimeError(f"{len(errors)} client threads failed, the first with: {errors[0]!r}")
+    if left[0] > 0:
+        raise TimeoutError(f"{left[0]} of {jobs} rounds were not done within {deadline_s:.0f} s")
+    return jobs / elapsed
+
+
+def parse_time(stamp: str | None) -> float | None:
+    if not stamp:
+        return None
+    moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+
+
+# --- 2. the service ---------------------------------------------------------------------------------------
+
+def service_rounds(tmp: Path, images: Path, workers: int, requests: int, concurrency: int, jobs: int) -> dict:
+    with service(tmp / "work", images, tmp / "logs", workers) as running:
+        stages = {"post": [], "queued": [], "ran": [], "after": []}
+
+        def make_round(record: bool = False):
+            client = Client(running.port, timeout=15)
+
+            def one_round():
+                wall, started = time.time(), time.perf_counter()
+                status, body = post_form(client, "/imageapi?action=size", {"imagePath": IMAGE})
+                posted = time.perf_counter()
+                if status != 202:
+                    raise RuntimeError(f"POST answered {status}: {body}")
+                status, answer = client.request("GET", f"/result/{body['jobId']}?wait=5")
+                done = time.perf_counter()
+                if status != 200 or answer.get("status") != "finished":
+                    raise RuntimeError(f"GET /result answered {status}: {answer}")
+                if record:
+                    enqueued, began, ended = (parse_time(answer.get(k)) for k in ("enqueuedAt", "startedAt", "endedAt"))
+                    stages["post"].append(1000 * (posted - started))
+                    if enqueued and began and ended:
+                        stages["queued"].append(1000 * (began - enqueued))
+                        stages["ran"].append(1000 * (ended - began))
+                        stages["after"].append(1000 * (wall + done - started - ended))
+            return one_round, client.close
+
+        one_round, close = make_round(record=True)
+        try:
+            times = latencies(one_round, requests)
+        finally:
+            close()
+        for values in stages.values():
+            del values[:WARMUP]
+        log(f"service: {requests} sequential rounds, p50 {percentile(times, 50):.1f} ms; throughput with {concurrency} clients")
+        rate = throughput(make_round, jobs, concurrency)
+    return {"times": times, "rate": rate, **{k: statistics.median(v) if v else None for k, v in stages.items()}}
+
+
+# --- 3. bare RQ, same job function, no HTTP --------------------------------------------------------------
+
+def bare_rounds(tmp: Path, images: Path, workers: int, requests: int, concurrency: int, jobs: int) -> dict:
+    with own_redis(tmp / "redis-bare", appendonly=True) as url:
+        env = {**os.environ, "REDIS_URL": url, "IMAGES_DIR": str(images), "LOGS_DIR": str(tmp / "logs-bare")}
+        processes = [subprocess.Popen([sys.executable, "worker.py", "images"], cwd=ROOT, env=env,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(workers)]
+        try:
+            redis = Redis.from_url(url)
+            deadline = time.monotonic() + 30
+            while Worker.count(connection=redis) < workers:
+                if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
+                    raise RuntimeError("worker.py did not start (see its log in the temporary logs folder)")
+                time.sleep(0.05)
+
+            def make_round():
+                queue = Queue("images", connection=redis, serializer=JSONSerializer)
+
+                def one_round():
+                    job = queue.enqueue("tasks.run_single", "size", IMAGE, {})
+                    result = job.latest_result(timeout=5)
+                    if result is None or result.type != Result.Type.SUCCESSFUL:
+                        raise RuntimeError(f"bare size job {job.id} ended with {result and result.type}")
+                return one_round, lambda: None
+
+            one_round, _ = make_round()
+            times = latencies(one_round, requests)
+            log(f"bare RQ: {requests} sequential rounds, p50 {percentile(times, 50):.1f} ms; throughput with {concurrency} clients")
+            rate = throughput(make_round, jobs, concurrency)
+            redis.close()
+        finally:
+            for process in processes:
+                stop_process(process)
+    return {"times": times, "rate": rate}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=1000, help="no-op jobs per worker kind (default 1000)")
+    parser.add_argument("--requests", type=int, default=300, help="sequential size rounds (default 300)")
+    parser.add_argument("--concurrency", type=int, default=8, help="client threads of the throughput run (default 8)")
+    parser.add_argument("--throughput-jobs", type=int, default=400, help="size rounds of the throughput run (default 400)")
+    parser.add_argument("--service-workers", type=int, default=2, help="run.py --workers (default 2)")
+    parser.add_argument("--bare-workers", type=int, default=1, help="worker.py processes of the bare baseline (default 1)")
+    parser.add_argument("--no-fork", action="store_true", help="skip the forking rq.Worker")
+    args = parser.parse_args(argv)
+    if not (1 <= args.jobs <= 20000 and 1 <= args.requests <= 5000 and 1 <= args.concurrency <= 64
+            and 1 <= args.throughput_jobs <= 20000 and args.service_workers >= 1 and args.bare_workers >= 1):
+        parser.error("an option is out of range")
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-jobs-"))
+    try:
+        images = tmp / "images"
+        images.mkdir()
+        Image.new("RGB", (64, 48), (120, 160, 200)).save(images / IMAGE, "JPEG", quality=90)
+
+        log(f"RQ per-job cost: {args.jobs} no-op jobs, SimpleWorker{'' if args.no_fork else ' then Worker (fork)'}")
+        with own_redis(tmp / "redis-noop", appendonly=False) as url:
+            simple = burst(url, "bench-simple", "simple", args.jobs)
+            fork = None if args.no_fork else burst(url, "bench-fork", "fork", args.jobs)
+
+        log(f"service: run.py with {args.service_workers} workers")
+        svc = service_rounds(tmp, images, args.service_workers, args.requests, args.concurrency, args.throughput_jobs)
+        log(f"bare RQ: own redis + {args.bare_workers} worker.py")
+        bare = bare_rounds(tmp, images, args.bare_workers, args.requests, args.concurrency, args.throughput_jobs)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    p = {name: {q: percentile(run["times"], q) for q in (50, 95, 99)} for name, run in (("service", svc), ("bare", bare))}
+    figures = {
+        "jobs": args.jobs, "requests": args.requests, "concurrency": args.concurrency, "throughput_jobs": args.throughput_jobs,
+        "service_workers": args.service_workers, "bare_workers": args.bare_workers,
+        "simple_ms_per_job": simple["ms_per_job"], "fork_ms_per_job": fork and fork["ms_per_job"],
+        "fork_over_simple": fork and fork["ms_per_job"] / simple["ms_per_job"],
+        "enqueue_ms_per_job": simple["enqueue_ms_per_job"],
+        **{f"service_p{q}_ms": v for q, v in p["service"].items()}, **{f"bare_p{q}_ms": v for q, v in p["bare"].items()},
+        "service_mean_ms": statistics.mean(svc["times"]), "bare_mean_ms": statistics.mean(bare["times"]),
+        # From the result's enqueuedAt (job created in the API), startedAt (RQ's execution record made by the
+        # worker, after dequeuing) and endedAt (RQ's ended_at, set when the function returned).
+        "service_post_ms_p50": svc["post"], "service_created_to_execution_ms_p50": svc["queued"],
+        "service_execution_to_returned_ms_p50": svc["ran"], "service_returned_to_client_ms_p50": svc["after"],
+        "service_jobs_per_s": svc["rate"], "bare_jobs_per_s": bare["rate"],
+        "target_p50_ms": TARGET_P50_MS, "target_jobs_per_s": TARGET_JOBS_PER_S,
+        "target_p50_met": p["service"][50] <= TARGET_P50_MS, "target_jobs_per_s_met": svc["rate"] >= TARGET_JOBS_PER_S,
+    }
+    rows = [
+        (f"RQ SimpleWorker, ms/job ({args.jobs} no-op jobs, burst)", simple["ms_per_job"], None, None),
+    ]
+    if fork:
+        rows.append(("RQ Worker (fork per job), ms/job", fork["ms_per_job"], simple["ms_per_job"], ...))
+    rows.append(("RQ queue.enqueue, ms/job (client side)", simple["enqueue_ms_per_job"], None, None))
+    for q in (50, 95, 99):
+        rows.append((f"size job submit->result p{q}, ms: service vs bare RQ", p["service"][q], p["bare"][q], ...))
+    rows += [
+        ("  service: POST answered (p50), ms", svc["post"], None, None),
+        ("  service: job created -> worker's execution began (p50), ms", svc["queued"], None, None),
+        ("  service: execution began -> job function returned (p50), ms", svc["ran"], None, None),
+        ("  service: job function returned -> client has result (p50), ms", svc["after"], None, None),
+        (f"target p50 <= {TARGET_P50_MS:g} ms: {'met' if p['service'][50] <= TARGET_P50_MS else 'MISSED'}",
+         p["service"][50], TARGET_P50_MS, ...),
+        (f"size jobs/s, {args.concurrency} clients: service ({args.service_workers} workers) vs bare ({args.bare_workers})",
+         svc["rate"], bare["rate"], ...),
+        (f"target >= {TARGET_JOBS_PER_S:g} jobs/s: {'met' if svc['rate'] >= TARGET_JOBS_PER_S else 'MISSED'}", svc["rate"],
+         TARGET_JOBS_PER_S, ...),
+    ]
+    report("job_overhead", rows, figures)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
