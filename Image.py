@@ -89,6 +89,25 @@ def make_thumbnail(
         return {"width": thumb.width, "height": thumb.height, "format": _PILLOW_NAMES[out_format]}
 
 
+def open_rgb(path, max_pixels: int, min_side: int) -> Image.Image:
+    """The first frame of path decoded as an upright (EXIF-transposed) RGB image, fully loaded and detached from the file.
+
+    A JPEG is decoded reduced (draft) as far as keeps its short side at least min_side (or
+    whole, if it is smaller than that already). Alpha is flattened onto white and 16-bit or
+    float images are scaled into 8 bits, as for thumbnails. Raises ImageError for a bad image.
+    """
+    with _opened(path, max_pixels) as img:
+        try:
+            short = min(img.size)
+            if short > min_side:
+                scale = min_side / short
+                img.draft(None, (math.ceil(img.width * scale), math.ceil(img.height * scale)))
+            ImageOps.exif_transpose(img, in_place=True)
+            return _flatten(_to_8bit(img)).convert("RGB")  # convert() always returns a loaded copy
+        except _DECODE_ERRORS as exc:
+            raise _read_error(exc, _CORRUPT) from None
+
+
 def _output_format(src_format, fmt):
     if fmt is None:
         return _SOURCE_FORMATS.get((src_format or "").upper(), "png")
@@ -249,3 +268,17 @@ def _write_atomically(img, dest, out_format, icc_profile):
         if isinstance(exc, OSError):  # strerror, not str(exc), which names the path
             raise ImageError(f"The thumbnail could not be written: {exc.strerror or exc}.") from None
         raise
+
+
+def histogram(path, max_pixels: int) -> dict[str, list[int]]:
+    """Pixel counts per value (256 each) of the image's first frame: {"red", "green", "blue"} for
+    colour images, {"luminance"} for grayscale ones. Alpha is ignored; 16-bit values are scaled to 8."""
+    with _opened(path, max_pixels) as img:
+        try:
+            pixels = _to_8bit(img)
+            if pixels.mode in ("L", "LA"):
+                return {"luminance": pixels.getchannel("L").histogram()}
+            counts = pixels.convert("RGB").histogram()
+        except _DECODE_ERRORS as exc:
+            raise _read_error(exc, _CORRUPT) from None
+    return {"red": counts[:256], "green": counts[256:512], "blue": counts[512:]}

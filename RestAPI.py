@@ -2,11 +2,12 @@
 
 Routes:
   GET  /imageapi?imagePath=P         size of an image or of a folder's images
-  POST /imageapi?action=A            resize (default) or size of a path, uploads (field `image`)
+  POST /imageapi?action=A            resize (default), size or plot of a path or uploads (field `image`)
   GET  /result?jobId=ID, /result/ID  a job's status and result; wait=S holds until it ends
-  GET  /result/file?jobId=ID         the file a job made
+  GET  /result/file?jobId=ID         the file a job made (a thumbnail, a plot)
   GET  /health, /metrics             for operators
 """
+import io
 import logging
 import mimetypes
 import time
@@ -19,6 +20,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Worker
 from werkzeug.exceptions import HTTPException, UnsupportedMediaType
 
+import files
 import jobs
 import metrics
 import params
@@ -37,6 +39,7 @@ class Action:
     params: type[params._Params]
     queue: str
     summary: str
+    per_image: bool = True  # one entry per image (batches fan out); else one job over all the images
 
 
 ACTIONS = {
@@ -44,6 +47,7 @@ ACTIONS = {
     for action in (
         Action("size", params.SizeParams, IMAGES_QUEUE, "Size"),
         Action("resize", params.ResizeParams, IMAGES_QUEUE, "Thumbnail"),
+        Action("plot", params.PlotParams, IMAGES_QUEUE, "Plot", per_image=False),
     )
 }
 
@@ -76,7 +80,7 @@ def choose_action(values: dict, default: str) -> Action:
 
 
 def named_images(values: dict, job_id: str) -> tuple[list[str], bool, str]:
-    """(images relative to the root, whether they make a batch, how to describe them) for a request."""
+    """(images relative to the root, whether they make a batch, what the user named) for a request."""
     source = params.validate(params.Source, values)
     uploads = [f for f in request.files.getlist("image") if f.filename or f.content_length]
     if not uploads and request.files:
@@ -84,21 +88,21 @@ def named_images(values: dict, job_id: str) -> tuple[list[str], bool, str]:
     if uploads and source.imagePath:
         raise params.InvalidParameter("Give either imagePath or uploaded files, not both.")
     if uploads:
-        images = store_uploads(uploads, job_id)
-        return images, len(images) > 1, f"{len(images)} uploaded file{'s' * (len(images) > 1)}"
+        return store_uploads(uploads, job_id), len(uploads) > 1, "uploaded file" + "s" * (len(uploads) > 1)
     if not source.imagePath:
         raise params.InvalidParameter(
             "Name an image: give imagePath (a file or folder under the images root) or upload files in the field 'image'.")
     root = settings.images_root
     target = paths.resolve(root, source.imagePath)
+    named = paths.relative(root, target)
     if target.is_file():
-        return [paths.relative(root, target)], False, paths.relative(root, target)
+        return [named], False, named
     images = paths.list_images(root, target, source.recursive)
     if not images:
         raise params.InvalidParameter(
-            f"The folder {paths.relative(root, target)!r} holds no images"
+            f"The folder {named!r} holds no images"
             f"{'' if source.recursive else ' directly (add recursive=true to include its subfolders)'}.")
-    return images, True, f"{paths.relative(root, target)} ({len(images)} images)"
+    return images, True, named
 
 
 def store_uploads(uploads, job_id: str) -> list[str]:
@@ -118,11 +122,15 @@ def store_uploads(uploads, job_id: str) -> list[str]:
 def enqueue(default_action: str):
     values = request_values()
     action = choose_action(values, default_action)
-    options = params.validate(action.params, values).model_dump(exclude_none=True)
+    options = params.validate(action.params, values)
     job_id = jobs.new_job_id()
-    images, is_batch, described = named_images(values, job_id)
+    images, is_batch, named = named_images(values, job_id)
+    options.check_image_count(len(images))
+    options = options.model_dump(exclude_none=True)
     redis = connection()
-    if is_batch:
+    if not action.per_image:
+        jobs.enqueue_whole(redis, action.queue, action.name, images, options, job_id, named)
+    elif is_batch:
         jobs.enqueue_batch(redis, action.queue, action.name, images, options, job_id)
     else:
         jobs.enqueue_single(redis, action.queue, action.name, images[0], options, job_id)
@@ -130,8 +138,9 @@ def enqueue(default_action: str):
     metrics.ENQUEUED.labels(action.name, "batch" if is_batch else "single").inc()
     metrics.IMAGES.labels(action.name).inc(len(images))
     location = f"/result/{job_id}"
+    counted = f" ({len(images)} images)" if len(images) > 1 else ""
     body = {"jobId": job_id, "status": "queued", "action": action.name,
-            "Result": f"{action.summary} of {described} queued; fetch the result at {location}."}
+            "Result": f"{action.summary} of {named}{counted} queued; fetch the result at {location}."}
     return jsonify(body), 202, {"Location": location}
 
 
@@ -167,16 +176,21 @@ def result(job_id: str | None = None):
 
 @app.get("/result/file")
 def result_file():
+    """The file a finished job made: a chart kept in Redis, or a thumbnail under the images root."""
     job_id = request.args.get("jobId", "")
     if not job_id:
         raise params.InvalidParameter("Give the jobId, as /result/file?jobId=<jobId>.")
     redis = connection()
-    job = jobs.fetch(redis, job_id)
-    status, body = jobs.describe(redis, job)
+    status, body = jobs.describe(redis, jobs.fetch(redis, job_id))
     made = body.get("result") or {}
+    stored = files.load(redis, job_id)
+    if stored is not None:
+        data, mimetype = stored
+        return send_file(io.BytesIO(data), mimetype=mimetype, as_attachment=True,
+                         download_name=f"{job_id}{mimetypes.guess_extension(mimetype) or ''}")
     path = Path(made["path"]) if isinstance(made.get("path"), str) else None
-    if status != 200 or path is None or not path.is_relative_to(settings.images_root) or not path.is_file():
-        raise paths.PathNotFound(f"Job {job_id} has no file to download (yet): only a finished single-image resize makes one.")
+    if path is None or not path.is_relative_to(settings.images_root) or not path.is_file():
+        raise paths.PathNotFound(f"Job {job_id} has no file to download: only a finished plot or single-image resize makes one.")
     mimetype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     return send_file(path, mimetype=mimetype, as_attachment=True, download_name=f"{job_id}{path.suffix}")
 

@@ -43,6 +43,13 @@ def enqueue_single(redis: Redis, queue_name: str, action: str, image: str, param
     return q.enqueue_job(q.create_job("tasks.run_single", args=(action, image, params), **_options(job_id, action, "single")))
 
 
+def enqueue_whole(redis: Redis, queue_name: str, action: str, images: list[str], params: dict, job_id: str, named: str) -> Job:
+    """One job over all the images at once (a plot of a folder): its result is about them together."""
+    q = queue(queue_name, redis)
+    return q.enqueue_job(q.create_job("tasks.run_whole", args=(action, images, params, named),
+                                      **_options(job_id, action, "single", total=len(images))))
+
+
 def chunk_size(total: int, workers: int) -> int:
     """Images per chunk: about four chunks per worker, so every worker gets work and a slow
     chunk does not hold up the end, but never so small that per-job overhead dominates."""

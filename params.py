@@ -13,6 +13,9 @@ from Image import FORMATS
 class _Params(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
+    def check_image_count(self, count: int) -> None:
+        """Refuse (InvalidParameter) a number of images this action cannot take; any count by default."""
+
 
 class Source(_Params):
     """Which images a request names (uploads come as files, not parameters)."""
@@ -38,6 +41,14 @@ class ResizeParams(_Params):
             value = value.strip().lower()
             return {"jpg": "jpeg", "": None}.get(value, value)
         return value
+
+
+class PlotParams(_Params):
+    kind: Literal["histogram", "sizes"] = Field(description="histogram of one image, or width x height scatter of several")
+
+    def check_image_count(self, count: int) -> None:
+        if self.kind == "histogram" and count != 1:
+            raise InvalidParameter(f"kind=histogram plots one image, but {count} were given; name a single file.")
 
 
 class ResultQuery(_Params):

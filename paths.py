@@ -51,20 +51,21 @@ def is_image_name(name: str) -> bool:
 def list_images(root: Path, folder: Path, recursive: bool) -> list[str]:
     """The images in folder (its subfolders too if recursive), relative to root, sorted.
 
-    Symlinks that lead out of the root are left out; so are the service's own outputs (resized/).
+    folder is already resolved inside root, so only symlinks need resolving (about 0.1 ms each):
+    those that lead out of the root are left out. So are hidden files and the outputs (resized/).
     """
-    outputs = root / RESIZED_DIR
     found = []
-    for current, dirs, files in os.walk(folder, followlinks=False):
-        here = Path(current)
-        dirs[:] = sorted(d for d in dirs if recursive and here / d != outputs and not d.startswith("."))
-        for name in files:
-            if is_image_name(name) and not name.startswith("."):
-                path = (here / name).resolve()
-                if path.is_relative_to(root) and path.is_file():
-                    found.append(relative(root, here / name))
-        if not recursive:
-            break
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = Path(entry.path)
+            if entry.is_symlink() and not path.resolve().is_relative_to(root):
+                continue
+            if entry.is_file() and is_image_name(entry.name):
+                found.append(relative(root, path))
+            elif recursive and entry.is_dir() and not entry.is_symlink() and path != root / RESIZED_DIR:
+                found.extend(list_images(root, path, recursive))
     return sorted(found)
 
 

@@ -15,14 +15,16 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 
 from redis import Redis
-from rq import Queue
+from rq import Queue, get_current_job
 from rq.job import Job, JobStatus
 from rq.timeouts import JobTimeoutException
 from rq.exceptions import AbandonedJobError
 
 import Image
 import batches
+import files
 import paths
+import plots
 from RedisConfig import SERIALIZER
 from config import settings
 
@@ -65,11 +67,27 @@ def _resize(path, image: str, params: dict) -> dict:
     return {"path": str(dest), **written}
 
 
+def plot_images(images: list[str], params: dict, named: str) -> dict:
+    """A chart of the images, kept in Redis with the job; the result points at it."""
+    if params["kind"] == "histogram":
+        png = plots.histogram_png(named, Image.histogram(paths.resolve(settings.images_root, images[0]), settings.max_image_pixels))
+    else:
+        entries = list(size_images(images, {}))
+        sizes = [entry["result"] for entry in entries if "result" in entry]
+        if not sizes:
+            raise ImageJobError(f"None of the {len(entries)} files in {named} could be read as an image, so there is nothing to plot.")
+        png = plots.sizes_png(named, sizes, unreadable=len(entries) - len(sizes))
+    job = get_current_job()
+    files.save(job.connection, job.id, png, "image/png", settings.result_ttl)
+    return {"plot": f"/result/file?jobId={job.id}"}
+
+
 # Each action's processor, by import path: a worker imports only the ones it runs, so the
 # size/resize workers never import the classifier's TensorFlow.
 PROCESSORS = {
     "size": "tasks.size_images",
     "resize": "tasks.resize_images",
+    "plot": "tasks.plot_images",
 }
 
 
@@ -85,6 +103,17 @@ def run_single(action: str, image: str, params: dict) -> dict:
     if "error" in entry:
         raise ImageJobError(f"{image}: {entry['error']}")
     return entry["result"]
+
+
+def run_whole(action: str, images: list[str], params: dict, named: str) -> dict:
+    """An action over all the images at once; a bad image here fails the job with its sentence."""
+    started = time.perf_counter()
+    try:
+        result = processor(action)(images, params, named)
+    except (Image.ImageError, paths.PathRefused, paths.PathNotFound) as exc:
+        raise ImageJobError(f"{named}: {exc}") from None
+    log.info("%s of %s (%d images) in %.1f ms", action, named, len(images), 1000 * (time.perf_counter() - started))
+    return result
 
 
 def run_chunk(batch_id: str, action: str, chunk: int, offset: int, images: list[str], params: dict) -> dict:
@@ -149,6 +178,4 @@ def failure_sentence(job: Job, exc_type, exc_value) -> str:
 
 
 def _redis() -> Redis:
-    from rq import get_current_job
-
     return get_current_job().connection

@@ -1,7 +1,7 @@
 """An RQ worker process: `python worker.py images` (size/resize/plot) or `python worker.py classify`.
 
 It is a SimpleWorker: it runs every job in its own process instead of forking a child per job.
-Forking costs ~18 ms per job against ~11 ms (measured with rq 2.x on 2 cores), and keeps nothing warm
+Forking costs ~20 ms per job against ~5.5 ms (a no-op job, rq 2.12, 2 cores: bench/job_overhead.py), and keeps nothing warm
 between jobs; a SimpleWorker keeps imports (and, for the classifier, the model) loaded. The price: a
 job that crashes the interpreter takes the worker with it; RQ then sees the job abandoned and retries it.
 
