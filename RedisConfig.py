@@ -33,6 +33,8 @@ def redis_url() -> str:
         raise RedisNotConfigured(
             "REDIS_URL is not set: start the service with `python run.py`, which starts an embedded Redis, or set REDIS_URL"
         )
+    if settings.require_redis_auth and not urlsplit(settings.redis_url).password:
+        raise RedisNotConfigured(f"REQUIRE_REDIS_AUTH is set but REDIS_URL ({settings.redis_url}) has no password")
     return settings.redis_url
 
 

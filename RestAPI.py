@@ -7,6 +7,7 @@ Routes:
   GET  /result/file?jobId=ID         the file a job made (a thumbnail, a plot)
   GET  /health, /metrics             for operators
 """
+import hmac
 import io
 import logging
 import mimetypes
@@ -25,10 +26,12 @@ import jobs
 import metrics
 import params
 import paths
-from RedisConfig import IMAGES_QUEUE, QUEUE_NAMES, RedisNotConfigured, connection, queue
+from RedisConfig import IMAGES_QUEUE, QUEUE_NAMES, RedisNotConfigured, connection, queue, redis_url
 from config import settings
 
 log = logging.getLogger("api")
+QUEUE_FULL_RETRY_AFTER = 10  # seconds; a full queue drains at hundreds of jobs per second
+PUBLIC_ROUTES = {"/health"}
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ ACTIONS = {
     )
 }
 
+redis_url()  # refuse to start on a missing REDIS_URL, or one without a password when REQUIRE_REDIS_AUTH is set
 app = Flask(__name__)
 app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_mb * 1024 * 1024
 app.json.sort_keys = False
@@ -88,6 +92,8 @@ def named_images(values: dict, job_id: str) -> tuple[list[str], bool, str]:
     if uploads and source.imagePath:
         raise params.InvalidParameter("Give either imagePath or uploaded files, not both.")
     if uploads:
+        if len(uploads) > settings.max_upload_files:
+            raise params.InvalidParameter(f"{len(uploads)} files were uploaded; the limit is {settings.max_upload_files} (MAX_UPLOAD_FILES).")
         return store_uploads(uploads, job_id), len(uploads) > 1, "uploaded file" + "s" * (len(uploads) > 1)
     if not source.imagePath:
         raise params.InvalidParameter(
@@ -98,6 +104,9 @@ def named_images(values: dict, job_id: str) -> tuple[list[str], bool, str]:
     if target.is_file():
         return [named], False, named
     images = paths.list_images(root, target, source.recursive)
+    if len(images) > settings.max_folder_images:
+        raise params.InvalidParameter(
+            f"The folder {named!r} holds {len(images)} images; the limit is {settings.max_folder_images} (MAX_FOLDER_IMAGES): name a subfolder.")
     if not images:
         raise params.InvalidParameter(
             f"The folder {named!r} holds no images"
@@ -128,6 +137,7 @@ def enqueue(default_action: str):
     options.check_image_count(len(images))
     options = options.model_dump(exclude_none=True)
     redis = connection()
+    refuse_when_queue_full(redis, action.queue)
     if not action.per_image:
         jobs.enqueue_whole(redis, action.queue, action.name, images, options, job_id, named)
     elif is_batch:
@@ -142,6 +152,16 @@ def enqueue(default_action: str):
     body = {"jobId": job_id, "status": "queued", "action": action.name,
             "Result": f"{action.summary} of {named}{counted} queued; fetch the result at {location}."}
     return jsonify(body), 202, {"Location": location}
+
+
+class QueueFull(Exception):
+    """More jobs wait than MAX_QUEUE_DEPTH: new work is refused (429) rather than queued without bound."""
+
+
+def refuse_when_queue_full(redis, queue_name: str) -> None:
+    depth = queue(queue_name, redis).count
+    if depth >= settings.max_queue_depth:
+        raise QueueFull(f"The {queue_name} queue holds {depth} jobs, its limit (MAX_QUEUE_DEPTH); try again shortly.")
 
 
 # --- routes ----------------------------------------------------------------------------------------
@@ -237,6 +257,11 @@ def not_found(exc):
     return error(404, str(exc))
 
 
+@app.errorhandler(QueueFull)
+def queue_full(exc):
+    return jsonify({"error": str(exc)}), 429, {"Retry-After": str(QUEUE_FULL_RETRY_AFTER)}
+
+
 @app.errorhandler(HTTPException)
 def http_error(exc: HTTPException):
     messages = {
@@ -266,6 +291,22 @@ def internal_error(exc):
 @app.before_request
 def start_timer():
     g.started = time.perf_counter()
+
+
+@app.before_request
+def require_token():
+    """With API_TOKENS set, every route but the public ones needs `Authorization: Bearer <token>`.
+
+    Every token is compared, in constant time, so the answer's timing tells nothing about them.
+    """
+    if not settings.tokens or request.path in PUBLIC_ROUTES:
+        return None
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    matches = [hmac.compare_digest(given.strip().encode(), token.encode()) for token in settings.tokens]
+    if scheme.lower() == "bearer" and any(matches):
+        return None
+    return jsonify({"error": "This service needs a token: send the header Authorization: Bearer <token>."}), 401, {
+        "WWW-Authenticate": 'Bearer realm="imageapi"'}
 
 
 @app.after_request

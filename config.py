@@ -16,12 +16,29 @@ class Settings(BaseSettings):
     logs_dir: Path = Path("logs")
     result_ttl: int = Field(500, ge=1)
     port: int = Field(5000, ge=1, le=65535)
-    bind_host: str = "127.0.0.1"
+    bind_host: str | None = Field(None, description="default: 127.0.0.1 without API_TOKENS, all interfaces with them")
+    api_tokens: str | None = Field(None, description="comma-separated bearer tokens, or the path of a file holding them")
+    require_redis_auth: bool = False
     max_image_pixels: int = Field(50_000_000, ge=1)
     max_upload_mb: int = Field(200, ge=1)
+    max_upload_files: int = Field(1000, ge=1)
+    max_folder_images: int = Field(20_000, ge=1)
+    max_queue_depth: int = Field(5000, ge=1, description="queued jobs in a queue beyond which new work gets 429")
     job_timeout: int = Field(600, ge=1, description="seconds one job (one image or one chunk) may run")
     job_retries: int = Field(2, ge=0, description="re-runs of a job whose worker died")
     chunk_size: int = Field(32, ge=1, description="most images in one job of a batch")
+
+    @cached_property
+    def tokens(self) -> tuple[str, ...]:
+        """The accepted bearer tokens: API_TOKENS as a comma list, or read from the file it names."""
+        text = self.api_tokens or ""
+        if text and Path(text).is_file():
+            text = Path(text).read_text().replace("\n", ",")
+        return tuple(token.strip() for token in text.split(",") if token.strip())
+
+    @cached_property
+    def listen_host(self) -> str:
+        return self.bind_host or ("0.0.0.0" if self.tokens else "127.0.0.1")
 
     @cached_property
     def images_root(self) -> Path:

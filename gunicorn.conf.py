@@ -9,7 +9,7 @@ import tempfile
 
 from config import settings
 
-bind = f"{settings.bind_host}:{settings.port}"
+bind = f"{settings.listen_host}:{settings.port}"
 workers = int(os.environ.get("API_PROCESSES", "2"))
 worker_class = "gthread"
 threads = int(os.environ.get("API_THREADS", "16"))
@@ -22,6 +22,16 @@ errorlog = "-"
 # Counters of several processes add up only through files in a shared folder (prometheus_client's multiprocess mode).
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="imageapi-metrics-"))
 os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+
+
+def when_ready(server):
+    """Say at start who can reach the API."""
+    if settings.tokens:
+        server.log.info("API_TOKENS set: every route but /health needs a bearer token; listening on %s", bind)
+    elif settings.listen_host in ("127.0.0.1", "::1", "localhost"):
+        server.log.info("No API_TOKENS: listening on %s only; set API_TOKENS (and BIND_HOST) to serve other machines", bind)
+    else:
+        server.log.warning("No API_TOKENS but BIND_HOST=%s: anyone who reaches %s can use the API", settings.listen_host, bind)
 
 
 def post_worker_init(worker):

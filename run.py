@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import embedded_redis
-from RedisConfig import redacted
+from RedisConfig import RedisNotConfigured, redacted, redis_url
 from config import settings
 
 HERE = Path(__file__).resolve().parent
@@ -50,9 +50,9 @@ def check_images_folder() -> None:
 def check_port_free(port: int) -> None:
     with socket.socket() as sock:
         try:
-            sock.bind((settings.bind_host, port))
+            sock.bind((settings.listen_host, port))
         except OSError as exc:
-            raise CannotStart(f"port {port} on {settings.bind_host} is not free ({exc.strerror}): stop what uses it or pass --port") from None
+            raise CannotStart(f"port {port} on {settings.listen_host} is not free ({exc.strerror}): stop what uses it or pass --port") from None
 
 
 class Stack:
@@ -65,7 +65,9 @@ class Stack:
     def start_redis(self) -> str:
         if settings.redis_url:
             try:
-                embedded_redis.wait_until_up(settings.redis_url, timeout=3)
+                embedded_redis.wait_until_up(redis_url(), timeout=3)
+            except RedisNotConfigured as exc:
+                raise CannotStart(str(exc)) from None
             except RuntimeError as exc:
                 raise CannotStart(f"Redis at {redacted(settings.redis_url)} is unreachable: {exc}") from None
             return settings.redis_url
@@ -135,7 +137,7 @@ def serve(args, stack: Stack) -> int:
     if not args.no_classifier:
         stack.spawn("classifier", WORKER_COMMAND + ["classify"], env)
     stack.spawn("api", API_COMMAND, env)
-    host = "127.0.0.1" if settings.bind_host in ("0.0.0.0", "::") else settings.bind_host
+    host = "127.0.0.1" if settings.listen_host in ("0.0.0.0", "::") else settings.listen_host
     url = f"http://{host}:{args.port}/"
     wait_for_health(stack, url)
     print(f"Image service ready at {url} ({args.workers} workers); Ctrl+C stops it.", flush=True)

@@ -179,3 +179,37 @@ def failure_sentence(job: Job, exc_type, exc_value) -> str:
 
 def _redis() -> Redis:
     return get_current_job().connection
+
+
+TASKS = frozenset({"tasks.run_single", "tasks.run_chunk", "tasks.run_whole", "tasks.finish_batch"})
+
+
+class UntrustedJob(Exception):
+    pass
+
+
+class TrustedJob(Job):
+    """A job that can run only this service's own task functions and failure callback.
+
+    JSON jobs already keep a pickle from running code in a worker; but a JSON job still names its
+    function by import path, so whoever can write to Redis could name `os.system`. The workers use
+    this class, so such a job fails instead of running.
+    """
+
+    @property
+    def func(self):
+        if self.func_name not in TASKS:
+            raise UntrustedJob(f"The job names {self.func_name!r}, which is not a task of this service; refused.")
+        return super().func
+
+    @property
+    def failure_callback(self):
+        return on_failure if self._failure_callback_name == "tasks.on_failure" else None
+
+    @property
+    def success_callback(self):
+        return None
+
+    @property
+    def stopped_callback(self):
+        return None

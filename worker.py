@@ -17,6 +17,7 @@ from rq import SimpleWorker, Worker
 
 from RedisConfig import QUEUE_NAMES, SERIALIZER, RedisNotConfigured, connection, queue
 from log import setup_logging
+from tasks import TrustedJob
 
 
 def healthy() -> bool:
@@ -39,7 +40,8 @@ def main(argv=None) -> int:
     log = setup_logging(service)
     logging.getLogger("rq.worker").setLevel(logging.WARNING)  # RQ logs several lines per job; ours log one
     redis = connection()
-    worker = SimpleWorker([queue(name, redis) for name in args.queues], connection=redis, serializer=SERIALIZER)
+    worker = SimpleWorker([queue(name, redis) for name in args.queues], connection=redis, serializer=SERIALIZER,
+                          job_class=TrustedJob)
     log.info("worker %s serving %s", worker.name, ", ".join(args.queues))
     worker.work(logging_level="WARNING")
     return 0
