@@ -10,6 +10,7 @@ import pytest
 from redis import Redis
 from rq import Queue
 from rq.serializers import JSONSerializer
+from rq.suspension import resume, suspend
 
 import RestAPI
 from TestRestAPI import jpeg_bytes, rel, result_of, submit
@@ -21,7 +22,7 @@ from config import Settings, settings
 def configured(monkeypatch):
     """Run the app with some settings changed (the process-wide settings are frozen)."""
     def configure(**changes):
-        monkeypatch.setattr(RestAPI, "settings", settings.model_copy(update=changes))
+        monkeypatch.setattr(RestAPI, "settings", Settings(**{**settings.model_dump(), **changes}))  # no cached values carried over
     return configure
 
 
@@ -80,12 +81,21 @@ def test_jobs_that_name_foreign_code_are_refused(workers, redis_url, tmp_path, s
 
 # --- limits ----------------------------------------------------------------------------------------------
 
-def test_a_full_queue_answers_429_with_retry_after(client, configured, folder, images_root):
+def test_a_full_queue_answers_429_with_retry_after(client, configured, folder, images_root, redis_url):
     copy_sample("castle_image.jpg", folder / "a.jpg")
-    configured(max_queue_depth=0)
-    answer = client.get("/imageapi", query_string={"imagePath": rel(folder / "a.jpg", images_root)})
-    assert answer.status_code == 429 and answer.headers["Retry-After"].isdigit()
-    assert "MAX_QUEUE_DEPTH" in answer.get_json()["error"]
+    configured(max_queue_depth=1)
+    request = {"query_string": {"imagePath": rel(folder / "a.jpg", images_root)}}
+    redis = Redis.from_url(redis_url)
+    suspend(redis)  # the workers stop taking jobs (each may still take the one it is blocked waiting for)
+    try:
+        answers = [client.get("/imageapi", **request) for _ in range(6)]
+    finally:
+        resume(redis)
+    accepted = [answer for answer in answers if answer.status_code == 202]
+    refused = [answer for answer in answers if answer.status_code != 202]
+    assert refused and all(answer.status_code == 429 and answer.headers["Retry-After"].isdigit() for answer in refused)
+    assert "MAX_QUEUE_DEPTH" in refused[0].get_json()["error"]
+    assert all(result_of(client, answer.get_json()["jobId"])["status"] == "finished" for answer in accepted)  # kept
 
 
 def test_too_many_uploads_or_folder_images_are_refused(client, configured, folder, images_root):

@@ -6,6 +6,7 @@ once /health answers. Ctrl+C (or SIGTERM) stops everything: the API and the work
 finishes its job if it can), Redis last; anything still alive after 10 s is killed.
 """
 import argparse
+import json
 import os
 import secrets
 import signal
@@ -112,7 +113,8 @@ class Stack:
                 self.redis.kill()
 
 
-def wait_for_health(stack: Stack, url: str, timeout: float = 30) -> None:
+def wait_for_health(stack: Stack, url: str, workers: int, timeout: float = 60) -> None:
+    """Return once /health answers and counts every worker: then the service is ready for work."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         dead = stack.exited()
@@ -120,11 +122,12 @@ def wait_for_health(stack: Stack, url: str, timeout: float = 30) -> None:
             raise CannotStart(f"{dead} exited during start-up; its log is in {settings.logs_dir}")
         try:
             with urllib.request.urlopen(url + "health", timeout=1) as answer:
-                if answer.status == 200:
+                if json.load(answer).get("workers", 0) >= workers:
                     return
         except OSError:
-            time.sleep(0.1)
-    raise CannotStart(f"the API did not answer {url}health within {timeout:.0f} s; see {settings.logs_dir}")
+            pass
+        time.sleep(0.1)
+    raise CannotStart(f"the API did not answer {url}health with {workers} workers within {timeout:.0f} s; see {settings.logs_dir}")
 
 
 def serve(args, stack: Stack) -> int:
@@ -139,7 +142,7 @@ def serve(args, stack: Stack) -> int:
     stack.spawn("api", API_COMMAND, env)
     host = "127.0.0.1" if settings.listen_host in ("0.0.0.0", "::") else settings.listen_host
     url = f"http://{host}:{args.port}/"
-    wait_for_health(stack, url)
+    wait_for_health(stack, url, args.workers + (not args.no_classifier))
     print(f"Image service ready at {url} ({args.workers} workers); Ctrl+C stops it.", flush=True)
     while not (dead := stack.exited()):
         time.sleep(0.5)
