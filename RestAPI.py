@@ -24,6 +24,7 @@ from werkzeug.exceptions import HTTPException, UnsupportedMediaType
 import files
 import jobs
 import metrics
+import openapi
 import params
 import paths
 from RedisConfig import IMAGES_QUEUE, QUEUE_NAMES, RedisNotConfigured, connection, queue, redis_url
@@ -120,7 +121,7 @@ def store_uploads(uploads, job_id: str) -> list[str]:
     folder.mkdir(parents=True, exist_ok=True)
     stored = []
     for index, upload in enumerate(uploads):
-        name = paths.safe_upload_name(upload.filename, index)
+        name = paths.safe_file_name(upload.filename, f"upload-{index}")
         if (folder / name).exists():
             name = f"{index}-{name}"
         upload.save(folder / name)
@@ -233,6 +234,11 @@ def prometheus_metrics():
     return metrics.exposition(), 200, {"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
 
 
+@app.get("/openapi.json")
+def openapi_document():
+    return jsonify(openapi.document())
+
+
 @app.get("/")
 def index():
     return jsonify({"service": "image job service", "routes": sorted(
@@ -269,7 +275,10 @@ def http_error(exc: HTTPException):
         405: f"{request.method} is not allowed on {request.path}.",
         413: f"The request is larger than the limit of {settings.max_upload_mb} MB (MAX_UPLOAD_MB).",
     }
-    return error(exc.code or 500, messages.get(exc.code, exc.description))
+    answer = error(exc.code or 500, messages.get(exc.code, exc.description))
+    if exc.code == 405:
+        return (*answer, {"Allow": ", ".join(sorted(exc.valid_methods or ()))})
+    return answer
 
 
 @app.errorhandler(RedisConnectionError)

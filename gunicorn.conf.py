@@ -16,6 +16,7 @@ threads = int(os.environ.get("API_THREADS", "16"))
 timeout = 60  # > the longest wait a request may ask for (30 s)
 graceful_timeout = 20  # SIGTERM: in-flight requests get this long to finish
 keepalive = 5
+limit_request_line = 8190  # gunicorn's most; past it gunicorn itself answers 414 (the one non-JSON error)
 accesslog = None  # RestAPI logs one line per request itself
 errorlog = "-"
 

@@ -20,7 +20,7 @@ class _Params(BaseModel):
 class Source(_Params):
     """Which images a request names (uploads come as files, not parameters)."""
 
-    imagePath: str | None = Field(None, description="a file or folder inside the images root", max_length=4096)
+    imagePath: str | None = Field(None, description="a file or folder inside the images root", min_length=1, max_length=1024)
     recursive: bool = Field(False, description="include the subfolders of a folder")
 
 

@@ -34,7 +34,11 @@ def resolve(root: Path, user_path: str) -> Path:
     resolved = (root / given).resolve()
     if not resolved.is_relative_to(root):
         raise PathRefused(f"imagePath {user_path!r} is outside the images root; give a path inside it, like Japan/a.jpg.")
-    if not resolved.exists():
+    try:
+        found = resolved.exists()
+    except OSError as exc:  # a name too long for the file system, say
+        raise PathRefused(f"imagePath is not a usable path ({exc.strerror}).") from None
+    if not found:
         raise PathNotFound(f"Nothing is at imagePath {relative(root, resolved)!r} under the images root.")
     return resolved
 
@@ -80,11 +84,13 @@ def upload_folder(root: Path, job_id: str) -> Path:
     return root / UPLOADS_DIR / job_id
 
 
-def safe_upload_name(filename: str | None, index: int) -> str:
-    """A file name safe to store: the base name only, NFC, no control or separator characters.
+def safe_file_name(name: str | None, fallback: str) -> str:
+    """A file name safe to store (an upload's, a download's): the base name only, NFC, no control,
+    invisible-format or separator characters (an encoded %2F or a backslash splits too), no leading dots,
+    cut to 200 bytes of UTF-8 (room for a temporary file's affixes in 255); fallback if nothing is left.
 
-    Unicode is kept (werkzeug's secure_filename would strip it); a name left empty becomes upload-<index>.
+    Unicode is kept (werkzeug's secure_filename would strip it).
     """
-    base = unicodedata.normalize("NFC", (filename or "").replace("\\", "/").rsplit("/", 1)[-1])
-    cleaned = "".join(ch for ch in base if ch.isprintable()).strip().lstrip(".")
-    return cleaned[:200] or f"upload-{index}"
+    base = unicodedata.normalize("NFC", (name or "").replace("\\", "/").rsplit("/", 1)[-1])
+    cleaned = "".join(char for char in base if char.isprintable()).strip().lstrip(".")
+    return cleaned.encode()[:200].decode(errors="ignore").strip() or fallback
