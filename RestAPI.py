@@ -21,6 +21,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Worker
 from werkzeug.exceptions import HTTPException, UnsupportedMediaType
 
+import downloads
 import files
 import jobs
 import metrics
@@ -56,6 +57,7 @@ ACTIONS = {
 }
 
 redis_url()  # refuse to start on a missing REDIS_URL, or one without a password when REQUIRE_REDIS_AUTH is set
+settings.url_networks  # and on a malformed ALLOWED_URL_NETWORKS
 app = Flask(__name__)
 app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_mb * 1024 * 1024
 app.json.sort_keys = False
@@ -85,20 +87,23 @@ def choose_action(values: dict, default: str) -> Action:
 
 
 def named_images(values: dict, job_id: str) -> tuple[list[str], bool, str]:
-    """(images relative to the root, whether they make a batch, what the user named) for a request."""
+    """(images: paths relative to the root, or URLs; whether they make a batch; what the user named)."""
     source = params.validate(params.Source, values)
     uploads = [f for f in request.files.getlist("image") if f.filename or f.content_length]
     if not uploads and request.files:
         raise params.InvalidParameter(f"Upload files in the form field 'image' (got {', '.join(map(repr, request.files))}).")
-    if uploads and source.imagePath:
-        raise params.InvalidParameter("Give either imagePath or uploaded files, not both.")
+    given = [name for name, present in (("imagePath", source.imagePath), ("image uploads", uploads), ("imageUrl", source.imageUrl)) if present]
+    if len(given) > 1:
+        raise params.InvalidParameter(f"Name the images one way: {' and '.join(given)} were both given.")
     if uploads:
         if len(uploads) > settings.max_upload_files:
             raise params.InvalidParameter(f"{len(uploads)} files were uploaded; the limit is {settings.max_upload_files} (MAX_UPLOAD_FILES).")
         return store_uploads(uploads, job_id), len(uploads) > 1, "uploaded file" + "s" * (len(uploads) > 1)
+    if source.imageUrl:
+        return checked_urls(source.imageUrl), len(source.imageUrl) > 1, "image URL" + "s" * (len(source.imageUrl) > 1)
     if not source.imagePath:
         raise params.InvalidParameter(
-            "Name an image: give imagePath (a file or folder under the images root) or upload files in the field 'image'.")
+            "Name an image: give imagePath (a file or folder under the images root), imageUrl, or upload files in the field 'image'.")
     root = settings.images_root
     target = paths.resolve(root, source.imagePath)
     named = paths.relative(root, target)
@@ -113,6 +118,16 @@ def named_images(values: dict, job_id: str) -> tuple[list[str], bool, str]:
             f"The folder {named!r} holds no images"
             f"{'' if source.recursive else ' directly (add recursive=true to include its subfolders)'}.")
     return images, True, named
+
+
+def checked_urls(urls: list[str]) -> list[str]:
+    """The URLs, each well-formed http(s); where they lead is checked by the worker that downloads them."""
+    if len(urls) > settings.max_urls:
+        raise params.InvalidParameter(f"{len(urls)} image URLs were given; the limit is {settings.max_urls} (MAX_URLS).")
+    try:
+        return [downloads.validate_url(url) for url in urls]
+    except downloads.DownloadError as exc:
+        raise params.InvalidParameter(f"Invalid parameter imageUrl: {exc}") from None
 
 
 def store_uploads(uploads, job_id: str) -> list[str]:

@@ -239,7 +239,7 @@ def test_upload_in_the_wrong_field_or_with_a_path_is_refused(client, folder, ima
     copy_sample(PHOTO, folder / "a.jpg")
     answer = client.post("/imageapi", data={"image": (io.BytesIO(jpeg_bytes()), "b.jpg"),
                                             "imagePath": rel(folder / "a.jpg", images_root)}, content_type="multipart/form-data")
-    assert answer.status_code == 400 and "not both" in answer.get_json()["error"]
+    assert answer.status_code == 400 and "one way" in answer.get_json()["error"]
 
 
 def test_oversize_upload_gets_413(client):

@@ -24,6 +24,13 @@ class Settings(BaseSettings):
     max_upload_files: int = Field(1000, ge=1)
     max_folder_images: int = Field(20_000, ge=1)
     max_queue_depth: int = Field(5000, ge=1, description="queued jobs in a queue beyond which new work gets 429")
+    max_urls: int = Field(100, ge=1, description="image URLs in one request")
+    max_download_mb: int = Field(20, ge=1)
+    allowed_url_networks: str = Field("", description="CIDRs image URLs may reach besides public addresses")
+    url_connect_timeout: float = Field(5, gt=0)
+    url_read_timeout: float = Field(10, gt=0)
+    url_total_timeout: float = Field(30, gt=0)
+    url_max_redirects: int = Field(3, ge=0)
     job_timeout: int = Field(600, ge=1, description="seconds one job (one image or one chunk) may run")
     job_retries: int = Field(2, ge=0, description="re-runs of a job whose worker died")
     chunk_size: int = Field(32, ge=1, description="most images in one job of a batch")
@@ -35,6 +42,13 @@ class Settings(BaseSettings):
         if text and Path(text).is_file():
             text = Path(text).read_text().replace("\n", ",")
         return tuple(token.strip() for token in text.split(",") if token.strip())
+
+    @cached_property
+    def url_networks(self) -> tuple:
+        """ALLOWED_URL_NETWORKS parsed; a bad item raises ValueError naming it."""
+        from downloads import parse_networks
+
+        return parse_networks(self.allowed_url_networks)
 
     @cached_property
     def listen_host(self) -> str:

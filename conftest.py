@@ -31,7 +31,9 @@ def pytest_configure(config):
     url = embedded_redis.url(port, password)
     embedded_redis.wait_until_up(url, process)
     (base / "images").mkdir()
-    os.environ.update({"REDIS_URL": url, "IMAGES_DIR": str(base / "images"), "LOGS_DIR": str(base / "logs")})
+    # Image URLs may reach the tests' own servers on loopback; every other private range stays refused.
+    os.environ.update({"REDIS_URL": url, "IMAGES_DIR": str(base / "images"), "LOGS_DIR": str(base / "logs"),
+                       "ALLOWED_URL_NETWORKS": "127.0.0.0/8"})
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     _session.update(base=base, redis=process, url=url, port=port, password=password)
 

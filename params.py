@@ -3,6 +3,7 @@
 A request's parameters may come from the query string, form fields or a JSON body; RestAPI merges
 them into one dict and validates it here, before anything is enqueued.
 """
+import json
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -22,6 +23,21 @@ class Source(_Params):
 
     imagePath: str | None = Field(None, description="a file or folder inside the images root", min_length=1, max_length=1024)
     recursive: bool = Field(False, description="include the subfolders of a folder")
+    imageUrl: list[str] | None = Field(None, description="an http(s) URL, or several (a JSON list), that a worker downloads")
+
+    @field_validator("imageUrl", mode="before")
+    @classmethod
+    def _one_or_many(cls, value):
+        """One URL, a JSON list of them (in a JSON body, or as the text of a field), or None."""
+        if isinstance(value, str):
+            value = value.strip()
+            if value.startswith("["):
+                try:
+                    return json.loads(value)
+                except ValueError:
+                    raise ValueError("imageUrl looks like a JSON list but is not valid JSON") from None
+            return [value] if value else None
+        return value
 
 
 class SizeParams(_Params):

@@ -14,6 +14,7 @@ from Image import IMAGE_EXTENSIONS
 CONTAINER_ROOT = PurePosixPath("/ImageResize/images")
 RESIZED_DIR = "resized"
 UPLOADS_DIR = "uploads"
+DOWNLOADS_DIR = "downloads"
 
 
 class PathRefused(ValueError):
@@ -82,6 +83,10 @@ def thumbnail_path(root: Path, source: str, extension: str) -> Path:
 
 def upload_folder(root: Path, job_id: str) -> Path:
     return root / UPLOADS_DIR / job_id
+
+
+def download_folder(root: Path, job_id: str) -> Path:
+    return root / DOWNLOADS_DIR / job_id
 
 
 def safe_file_name(name: str | None, fallback: str) -> str:

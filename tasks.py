@@ -13,6 +13,7 @@ import importlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
 from redis import Redis
 from rq import Queue, get_current_job
@@ -22,6 +23,7 @@ from rq.exceptions import AbandonedJobError
 
 import Image
 import batches
+import downloads
 import files
 import paths
 import plots
@@ -35,11 +37,29 @@ class ImageJobError(Exception):
     """The job's one image could not be processed; str() is the user's sentence."""
 
 
+# Problems with the input itself: each becomes that image's error sentence, and is never retried.
+USER_ERRORS = (Image.ImageError, downloads.DownloadError, paths.PathRefused, paths.PathNotFound)
+
+
+def local_path(image: str) -> Path:
+    """The file an image names: a path under the root (checked again: the job's arguments came through
+    Redis), or a URL, downloaded now into <root>/downloads/<jobId>/."""
+    if not image.startswith(("http://", "https://")):
+        return paths.resolve(settings.images_root, image)
+    job = get_current_job()
+    return downloads.download(
+        image, paths.download_folder(settings.images_root, job.meta.get("batch", job.id)),
+        max_bytes=settings.max_download_mb * 1024 * 1024, max_pixels=settings.max_image_pixels,
+        connect_timeout=settings.url_connect_timeout, read_timeout=settings.url_read_timeout,
+        total_timeout=settings.url_total_timeout, max_redirects=settings.url_max_redirects,
+        allowed_networks=settings.url_networks)
+
+
 def _entry(image: str, work: Callable) -> dict:
     """{"image", "result"} or {"image", "error"}: one image's outcome, whatever went wrong."""
     try:
-        return {"image": image, "result": work(paths.resolve(settings.images_root, image))}
-    except (Image.ImageError, paths.PathRefused, paths.PathNotFound) as exc:
+        return {"image": image, "result": work(local_path(image))}
+    except USER_ERRORS as exc:
         return {"image": image, "error": str(exc)}
     except Exception as exc:  # one image's surprise must not fail the rest of its batch
         log.exception("unexpected error on image %s", image)
@@ -53,13 +73,13 @@ def size_images(images: list[str], params: dict) -> Iterator[dict]:
 
 def resize_images(images: list[str], params: dict) -> Iterator[dict]:
     for image in images:
-        yield _entry(image, lambda path: _resize(path, image, params))
+        yield _entry(image, lambda path: _resize(path, params))
 
 
-def _resize(path, image: str, params: dict) -> dict:
+def _resize(path: Path, params: dict) -> dict:
     source = Image.read_size(path, settings.max_image_pixels)
     extension = Image.output_extension(source["format"], params.get("format"))
-    dest = paths.thumbnail_path(settings.images_root, image, extension)
+    dest = paths.thumbnail_path(settings.images_root, paths.relative(settings.images_root, path), extension)
     written = Image.make_thumbnail(
         path, dest, params.get("width", 100), params.get("height", 100), params.get("fit", "contain"),
         params.get("format"), settings.max_image_pixels,
@@ -70,7 +90,7 @@ def _resize(path, image: str, params: dict) -> dict:
 def plot_images(images: list[str], params: dict, named: str) -> dict:
     """A chart of the images, kept in Redis with the job; the result points at it."""
     if params["kind"] == "histogram":
-        png = plots.histogram_png(named, Image.histogram(paths.resolve(settings.images_root, images[0]), settings.max_image_pixels))
+        png = plots.histogram_png(named, Image.histogram(local_path(images[0]), settings.max_image_pixels))
     else:
         entries = list(size_images(images, {}))
         sizes = [entry["result"] for entry in entries if "result" in entry]
@@ -110,7 +130,7 @@ def run_whole(action: str, images: list[str], params: dict, named: str) -> dict:
     started = time.perf_counter()
     try:
         result = processor(action)(images, params, named)
-    except (Image.ImageError, paths.PathRefused, paths.PathNotFound) as exc:
+    except USER_ERRORS as exc:
         raise ImageJobError(f"{named}: {exc}") from None
     log.info("%s of %s (%d images) in %.1f ms", action, named, len(images), 1000 * (time.perf_counter() - started))
     return result

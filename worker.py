@@ -16,6 +16,7 @@ import sys
 from rq import SimpleWorker, Worker
 
 from RedisConfig import QUEUE_NAMES, SERIALIZER, RedisNotConfigured, connection, queue
+from config import settings
 from log import setup_logging
 from tasks import TrustedJob
 
@@ -39,6 +40,7 @@ def main(argv=None) -> int:
     service = "classifier" if args.queues == ["classify"] else "worker"
     log = setup_logging(service)
     logging.getLogger("rq.worker").setLevel(logging.WARNING)  # RQ logs several lines per job; ours log one
+    settings.url_networks  # refuse to start on a malformed ALLOWED_URL_NETWORKS
     redis = connection()
     worker = SimpleWorker([queue(name, redis) for name in args.queues], connection=redis, serializer=SERIALIZER,
                           job_class=TrustedJob)
@@ -50,5 +52,5 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except RedisNotConfigured as exc:
+    except (RedisNotConfigured, ValueError) as exc:
         sys.exit(f"worker: {exc}")
