@@ -34,6 +34,7 @@ from config import settings
 log = logging.getLogger("api")
 QUEUE_FULL_RETRY_AFTER = 10  # seconds; a full queue drains at hundreds of jobs per second
 PUBLIC_ROUTES = {"/health"}
+REPEATABLE = {"imageUrl"}
 
 
 @dataclass(frozen=True)
@@ -66,14 +67,21 @@ app.json.sort_keys = False
 # --- requests --------------------------------------------------------------------------------------
 
 def request_values() -> dict:
-    """Parameters from the query string, form fields and a JSON object body, merged (body wins)."""
-    values = request.args.to_dict()
-    values.update(request.form.to_dict())
+    """Parameters from the query string, form fields and a JSON object body, merged (the body wins).
+
+    A parameter may appear once, except imageUrl, which may repeat to name several URLs.
+    """
+    values = {}
+    for source in (request.args, request.form):
+        for name, given in source.lists():
+            if len(given) > 1 and name not in REPEATABLE:
+                raise params.InvalidParameter(f"Invalid parameter {name}: give it once, not {len(given)} times.")
+            values[name] = given if name in REPEATABLE and len(given) > 1 else given[0]
     if request.mimetype == "application/json" and request.content_length:
         body = request.get_json(silent=True)
         if not isinstance(body, dict):
             raise params.InvalidParameter("The JSON body must be an object, like {\"imagePath\": \"Japan/a.jpg\"}.")
-        values.update(body)
+        values.update((name, value) for name, value in body.items() if value is not None)  # null: not given
     elif request.content_length and request.mimetype not in ("multipart/form-data", "application/x-www-form-urlencoded"):
         raise UnsupportedMediaType("Send parameters as a query string, form fields, multipart/form-data or a JSON object.")
     return values

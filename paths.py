@@ -37,8 +37,8 @@ def resolve(root: Path, user_path: str) -> Path:
         raise PathRefused(f"imagePath {user_path!r} is outside the images root; give a path inside it, like Japan/a.jpg.")
     try:
         found = resolved.exists()
-    except OSError as exc:  # a name too long for the file system, say
-        raise PathRefused(f"imagePath is not a usable path ({exc.strerror}).") from None
+    except OSError:  # a name too long for the file system, say: nothing can be there
+        found = False
     if not found:
         raise PathNotFound(f"Nothing is at imagePath {relative(root, resolved)!r} under the images root.")
     return resolved
