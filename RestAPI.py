@@ -2,7 +2,7 @@
 
 Routes:
   GET  /imageapi?imagePath=P         size of an image or of a folder's images
-  POST /imageapi?action=A            resize (default), size or plot of a path or uploads (field `image`)
+  POST /imageapi?action=A            resize (default), size, classify or plot of a path, URLs or uploads (field `image`)
   GET  /result?jobId=ID, /result/ID  a job's status and result; wait=S holds until it ends
   GET  /result/file?jobId=ID         the file a job made (a thumbnail, a plot)
   GET  /health, /metrics             for operators
@@ -28,7 +28,7 @@ import metrics
 import openapi
 import params
 import paths
-from RedisConfig import IMAGES_QUEUE, QUEUE_NAMES, RedisNotConfigured, connection, queue, redis_url
+from RedisConfig import CLASSIFY_QUEUE, IMAGES_QUEUE, QUEUE_NAMES, RedisNotConfigured, connection, queue, redis_url
 from config import settings
 
 log = logging.getLogger("api")
@@ -53,6 +53,7 @@ ACTIONS = {
     for action in (
         Action("size", params.SizeParams, IMAGES_QUEUE, "Size"),
         Action("resize", params.ResizeParams, IMAGES_QUEUE, "Thumbnail"),
+        Action("classify", params.ClassifyParams, CLASSIFY_QUEUE, "Classification"),
         Action("plot", params.PlotParams, IMAGES_QUEUE, "Plot", per_image=False),
     )
 }

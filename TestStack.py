@@ -34,7 +34,7 @@ WORKER_COMMAND = "python worker.py images"
 APP_DIR = "/ImageResize"
 IMAGES_MOUNT = ("./images", "/ImageResize/images")
 LOGS_MOUNT = ("./logs", "/ImageResize/logs")
-APP_SERVICES = ("api", "worker")
+APP_SERVICES = ("api", "worker", "classifier")
 
 SUBPROCESS_TIMEOUT = 180
 
@@ -116,8 +116,19 @@ def duration_seconds(text):
     return sum(float(n) * units[u] for n, u in parts)
 
 
-def dockerfile_instructions():
-    """[(INSTRUCTION, arguments)] with comments dropped and continuations joined."""
+def dockerfile_instructions(stage: str | None = "base"):
+    """[(INSTRUCTION, arguments)] of one build stage (None: all of them), comments dropped and continuations joined."""
+    everything = _all_dockerfile_instructions()
+    if stage is None:
+        return everything
+    starts = [i for i, (keyword, args) in enumerate(everything) if keyword == "FROM"]
+    for begin, end in zip(starts, starts[1:] + [len(everything)]):
+        if everything[begin][1].endswith(f" AS {stage}"):
+            return everything[begin:end]
+    raise AssertionError(f"no stage {stage!r} in the Dockerfile")
+
+
+def _all_dockerfile_instructions():
     instructions, buf = [], ""
     for raw in DOCKERFILE.read_text(encoding="utf-8").splitlines():
         line = raw.strip()
@@ -139,7 +150,7 @@ def dockerfile_instructions():
 def dockerfile_args():
     """Default values of the Dockerfile's ARGs."""
     defaults = {}
-    for keyword, args in dockerfile_instructions():
+    for keyword, args in dockerfile_instructions(None):
         if keyword == "ARG":
             name, _, default = args.partition("=")
             defaults[name] = default
@@ -245,7 +256,15 @@ def test_hadolint_has_no_findings():
 # --------------------------------------------------------------------------
 
 def test_services_present():
-    assert {"redis", "api", "worker"} <= set(compose()["services"])
+    assert {"redis", "api", "worker", "classifier"} <= set(compose()["services"])
+
+
+def test_classifier_service_runs_the_classify_worker_from_its_own_image():
+    classifier = service("classifier")
+    assert as_argv(classifier["command"]) == ["python", "worker.py", "classify"]  # as run.py runs it
+    assert classifier["build"]["target"] == "classifier" and service("api")["build"]["target"] == "base"
+    assert classifier["image"] != service("api")["image"]
+    assert classifier["healthcheck"]["test"] == ["CMD", "python", "worker.py", "--check"]
 
 
 def test_redis_is_never_published_to_the_host():
@@ -315,7 +334,8 @@ def test_app_services_reach_redis_with_the_password(name):
 def test_app_services_share_one_image_and_do_not_run_as_root(name):
     svc = service(name)
     assert svc["build"]["context"] == "."
-    assert svc["image"] == service("api")["image"]
+    if name != "classifier":  # which has an image of its own
+        assert svc["image"] == service("api")["image"]
     assert "user" not in svc  # the image's non-root USER applies
     for arg in ("APP_UID", "APP_GID"):
         assert interpolate(svc["build"]["args"][arg], {}) not in ("0", "")
@@ -385,12 +405,13 @@ def test_env_example_documents_every_compose_variable():
 # --------------------------------------------------------------------------
 
 def test_dockerfile_base_image():
-    froms = [args for keyword, args in dockerfile_instructions() if keyword == "FROM"]
-    assert froms == ["python:3.11-slim"]
+    froms = [args for keyword, args in dockerfile_instructions(None) if keyword == "FROM"]
+    assert froms == ["python:3.11-slim AS base", "base AS classifier"]
 
 
-def test_dockerfile_runs_as_non_root_user():
-    users = [args for keyword, args in dockerfile_instructions() if keyword == "USER"]
+@pytest.mark.parametrize("stage", ["base", "classifier"])
+def test_dockerfile_runs_as_non_root_user(stage):
+    users = [args for keyword, args in dockerfile_instructions(stage) if keyword == "USER"]
     assert users, "no USER instruction: the container would run as root"
     defaults = dockerfile_args()
     final = re.sub(r"\$\{?(\w+)\}?", lambda m: defaults.get(m.group(1), m.group(0)), users[-1])
@@ -411,11 +432,20 @@ def test_dockerfile_prepares_writable_images_and_logs():
 def test_dockerfile_installs_requirements_before_copying_code():
     instructions = dockerfile_instructions()
     steps = [(k, a) for k, a in instructions if k in ("COPY", "RUN")]
-    copy_reqs = steps.index(("COPY", "requirements.txt ."))
+    copy_reqs = steps.index(("COPY", "requirements-core.txt ."))
     pip = next(i for i, (k, a) in enumerate(steps) if k == "RUN" and "pip install" in a)
     copy_code = steps.index(("COPY", ". ."))
     assert copy_reqs < pip < copy_code
-    assert "--no-cache-dir" in steps[pip][1] and "-r requirements.txt" in steps[pip][1]
+    assert "--no-cache-dir" in steps[pip][1] and "-r requirements-core.txt" in steps[pip][1]
+
+
+def test_the_classifier_image_adds_the_model_and_runs_the_classify_worker():
+    instructions = dockerfile_instructions("classifier")
+    runs = [args for keyword, args in instructions if keyword == "RUN"]
+    assert any("pip install --no-cache-dir -r requirements.txt" in run for run in runs)
+    assert any("Classifier.load(" in run for run in runs)  # converted at build time: nothing downloads at run time
+    cmds = [args for keyword, args in instructions if keyword == "CMD"]
+    assert exec_form(cmds[-1]) == ["python", "worker.py", "classify"]
 
 
 def test_dockerfile_environment_and_port():

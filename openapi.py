@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 import params
 
-ACTIONS_PARAMS = (params.Source, params.ResizeParams, params.PlotParams)
+ACTIONS_PARAMS = (params.Source, params.ResizeParams, params.ClassifyParams, params.PlotParams)
 
 
 class Error(BaseModel):
@@ -96,7 +96,7 @@ def _query(properties: dict, required=()) -> list[dict]:
              "description": schema.get("description", "")} for name, schema in properties.items()]
 
 
-ACTION = {"type": "string", "enum": ["size", "resize", "plot"], "description": "what to do (POST default: resize)"}
+ACTION = {"type": "string", "enum": ["size", "resize", "classify", "plot"], "description": "what to do (POST default: resize)"}
 JOB_ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]+$", "description": "the jobId an enqueue answered"}
 
 
@@ -125,7 +125,7 @@ def document() -> dict:
     return {
         "openapi": "3.1.0",
         "info": {"title": "Image job service", "version": "1",
-                 "description": "Sizes, thumbnails and plots of images, as RQ jobs fetched by jobId until they expire."},
+                 "description": "Sizes, thumbnails, ImageNet classifications and plots of images, as RQ jobs fetched by jobId until they expire."},
         "paths": {
             "/imageapi": {
                 "get": {"operationId": "size", "summary": "Queue the size of an image, or of a folder's images",

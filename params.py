@@ -59,6 +59,10 @@ class ResizeParams(_Params):
         return value
 
 
+class ClassifyParams(_Params):
+    top: int = Field(5, ge=1, le=20, description="how many of the best ImageNet labels to give")
+
+
 class PlotParams(_Params):
     kind: Literal["histogram", "sizes"] = Field(description="histogram of one image, or width x height scatter of several")
 

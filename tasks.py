@@ -55,7 +55,7 @@ def local_path(image: str) -> Path:
         allowed_networks=settings.url_networks)
 
 
-def _entry(image: str, work: Callable) -> dict:
+def entry(image: str, work: Callable) -> dict:
     """{"image", "result"} or {"image", "error"}: one image's outcome, whatever went wrong."""
     try:
         return {"image": image, "result": work(local_path(image))}
@@ -68,12 +68,12 @@ def _entry(image: str, work: Callable) -> dict:
 
 def size_images(images: list[str], params: dict) -> Iterator[dict]:
     for image in images:
-        yield _entry(image, lambda path: Image.read_size(path, settings.max_image_pixels))
+        yield entry(image, lambda path: Image.read_size(path, settings.max_image_pixels))
 
 
 def resize_images(images: list[str], params: dict) -> Iterator[dict]:
     for image in images:
-        yield _entry(image, lambda path: _resize(path, params))
+        yield entry(image, lambda path: _resize(path, params))
 
 
 def _resize(path: Path, params: dict) -> dict:
@@ -108,6 +108,7 @@ PROCESSORS = {
     "size": "tasks.size_images",
     "resize": "tasks.resize_images",
     "plot": "tasks.plot_images",
+    "classify": "classify_tasks.classify_images",
 }
 
 

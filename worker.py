@@ -15,7 +15,7 @@ import sys
 
 from rq import SimpleWorker, Worker
 
-from RedisConfig import QUEUE_NAMES, SERIALIZER, RedisNotConfigured, connection, queue
+from RedisConfig import CLASSIFY_QUEUE, QUEUE_NAMES, SERIALIZER, RedisNotConfigured, connection, queue
 from config import settings
 from log import setup_logging
 from tasks import TrustedJob
@@ -41,6 +41,10 @@ def main(argv=None) -> int:
     log = setup_logging(service)
     logging.getLogger("rq.worker").setLevel(logging.WARNING)  # RQ logs several lines per job; ours log one
     settings.url_networks  # refuse to start on a malformed ALLOWED_URL_NETWORKS
+    if CLASSIFY_QUEUE in args.queues:
+        import classify_tasks  # the model's libraries load here, and only in a classify worker
+
+        classify_tasks.warm_up()
     redis = connection()
     worker = SimpleWorker([queue(name, redis) for name in args.queues], connection=redis, serializer=SERIALIZER,
                           job_class=TrustedJob)
