@@ -5,7 +5,10 @@ Routes:
   POST /imageapi?action=A            resize (default), size, classify or plot of a path, URLs or uploads (field `image`)
   GET  /result?jobId=ID, /result/ID  a job's status and result; wait=S holds until it ends
   GET  /result/file?jobId=ID         the file a job made (a thumbnail, a plot)
+  GET  /images?path=P                the folders and images in a folder of the root (for the page)
+  GET  /, /static/...                 the web page
   GET  /health, /metrics             for operators
+  GET  /openapi.json                 the OpenAPI document
 """
 import hmac
 import io
@@ -33,7 +36,7 @@ from config import settings
 
 log = logging.getLogger("api")
 QUEUE_FULL_RETRY_AFTER = 10  # seconds; a full queue drains at hundreds of jobs per second
-PUBLIC_ROUTES = {"/health"}
+PUBLIC_ROUTES = {"/health", "/"}  # and /static/: the page's assets carry no data; the page asks for a token
 REPEATABLE = {"imageUrl"}
 
 
@@ -263,10 +266,21 @@ def openapi_document():
     return jsonify(openapi.document())
 
 
+@app.get("/images")
+def browse_images():
+    """The folders and images directly inside a folder of the images root (read-only), for the web page."""
+    root = settings.images_root
+    folder = paths.resolve(root, request.args.get("path") or ".")
+    if not folder.is_dir():
+        raise params.InvalidParameter(f"path {paths.relative(root, folder)!r} is a file, not a folder.")
+    folders, images = paths.browse(root, folder)
+    return jsonify({"path": paths.relative(root, folder), "folders": folders, "images": images})
+
+
 @app.get("/")
 def index():
-    return jsonify({"service": "image job service", "routes": sorted(
-        str(rule) for rule in app.url_map.iter_rules() if rule.endpoint != "static")})
+    """The web page: static HTML, CSS and JavaScript from static/, no build step, nothing from elsewhere."""
+    return app.send_static_file("index.html")
 
 
 # --- answers to errors: always JSON, never a traceback -------------------------------------------------
@@ -332,7 +346,7 @@ def require_token():
 
     Every token is compared, in constant time, so the answer's timing tells nothing about them.
     """
-    if not settings.tokens or request.path in PUBLIC_ROUTES:
+    if not settings.tokens or request.path in PUBLIC_ROUTES or request.path.startswith("/static/"):
         return None
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     matches = [hmac.compare_digest(given.strip().encode(), token.encode()) for token in settings.tokens]

@@ -333,3 +333,19 @@ def test_redis_down_answers_503_json(client, monkeypatch):
     assert answer.status_code == 503 and answer.get_json()["redis"] == "unreachable"
     answer = client.get("/result/some-job")
     assert answer.status_code == 503 and "Redis is unreachable" in answer.get_json()["error"]
+
+
+def test_browsing_folders_stays_inside_the_root(client, folder, images_root):
+    copy_sample(PHOTO, folder / "a.jpg")
+    (folder / "notes.txt").write_text("not listed")
+    (folder / "sub").mkdir()
+    (folder / "out").symlink_to("/etc")
+    answer = client.get("/images", query_string={"path": rel(folder, images_root)})
+    assert answer.status_code == 200
+    assert answer.get_json() == {"path": rel(folder, images_root), "folders": ["sub"], "images": ["a.jpg"]}
+    assert client.get("/images").get_json()["path"] == "."
+    for outside in ("..", "/etc", f"{rel(folder, images_root)}/out"):
+        answer = client.get("/images", query_string={"path": outside})
+        assert answer.status_code == 400 and "outside the images root" in answer.get_json()["error"], outside
+    assert client.get("/images", query_string={"path": rel(folder / "a.jpg", images_root)}).status_code == 400
+    assert client.get("/images", query_string={"path": "no/such/folder"}).status_code == 404

@@ -28,16 +28,17 @@ def configured(monkeypatch):
 
 # --- tokens ----------------------------------------------------------------------------------------------
 
-def test_with_tokens_every_route_but_health_needs_one(client, configured, caplog):
+def test_with_tokens_every_route_but_health_and_the_page_needs_one(client, configured, caplog):
     configured(api_tokens="first-token, second-token")
-    for path in ("/imageapi?imagePath=x.jpg", "/result/abc", "/metrics", "/"):
+    for path in ("/imageapi?imagePath=x.jpg", "/result/abc", "/result/file?jobId=abc", "/metrics", "/images", "/openapi.json"):
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic second-token"},
                         {"Authorization": "Bearer first-token-and-more"}):
             answer = client.get(path, headers=headers)
             # no token, a wrong one, the wrong scheme, a longer one -> 401 {"error": "This service needs a token: ..."}
             assert answer.status_code == 401, (path, headers)
             assert "Bearer" in answer.get_json()["error"] and answer.headers["WWW-Authenticate"].startswith("Bearer")
-    assert client.get("/health").status_code == 200
+    for public in ("/health", "/"):  # the page holds no data; it asks for the token and sends it
+        assert client.get(public).status_code == 200
     with caplog.at_level(logging.INFO):
         assert client.get("/result/abc", headers={"Authorization": "Bearer second-token"}).status_code == 404
     assert "second-token" not in caplog.text  # tokens are never logged

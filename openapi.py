@@ -41,6 +41,12 @@ class JobAnswer(BaseModel):
     progress: Progress | None = Field(None, description="while a batch runs")
 
 
+class Listing(BaseModel):
+    path: str = Field(description="the folder, relative to the images root ('.' for the root)")
+    folders: list[str]
+    images: list[str]
+
+
 class Health(BaseModel):
     redis: Literal["ok"]
     workers: int
@@ -52,7 +58,7 @@ class HealthDown(BaseModel):
     error: str
 
 
-MODELS = (Error, Enqueued, Progress, JobAnswer, Health, HealthDown)
+MODELS = (Error, Enqueued, Progress, JobAnswer, Listing, Health, HealthDown)
 ERRORS = {
     400: "a parameter or path is invalid", 401: "a token is needed (API_TOKENS is set)", 404: "no such file, job or route",
     405: "method not allowed", 413: "the upload is too large", 415: "unsupported request body",
@@ -151,9 +157,19 @@ def document() -> dict:
                 "responses": {"200": {"description": "the file", "content": {
                     media: {"schema": {"type": "string", "format": "binary"}} for media in ("image/png", "image/jpeg", "image/webp")}},
                     **_errors(400, 404)}}},
-            "/": {"get": {"operationId": "index", "summary": "The service's routes",
-                          "responses": {"200": {"description": "the routes", "content": {"application/json": {"schema": {"type": "object"}}}},
+            "/": {"get": {"operationId": "page", "summary": "The web page to submit images and watch jobs",
+                          "responses": {"200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}},
                                         **_errors()}}},
+            "/static/{filename}": {"get": {
+                "operationId": "pageAsset", "summary": "The page's scripts, styles and icons",
+                "parameters": [{"name": "filename", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "the file", "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}},
+                              **_errors(404)}}},
+            "/images": {"get": {
+                "operationId": "browse", "summary": "The folders and images directly inside a folder of the images root",
+                "parameters": [{"name": "path", "in": "query", "required": False,
+                                "schema": {"type": "string", "maxLength": 1024}, "description": "a folder; default: the root"}],
+                "responses": {"200": _json(Listing, "the folder's contents"), **_errors(400, 404)}}},
             "/health": {"get": {"operationId": "health", "summary": "Redis, workers and queue depths",
                                 "responses": {"200": _json(Health, "Redis answers"), "503": _json(HealthDown, "Redis is down")}}},
             "/metrics": {"get": {"operationId": "metrics", "summary": "Prometheus metrics",

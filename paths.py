@@ -74,6 +74,21 @@ def list_images(root: Path, folder: Path, recursive: bool) -> list[str]:
     return sorted(found)
 
 
+def browse(root: Path, folder: Path) -> tuple[list[str], list[str]]:
+    """(subfolder names, image names) directly in folder, sorted; hidden entries and links out of the root left out."""
+    folders, images = [], []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            path = Path(entry.path)
+            if entry.name.startswith(".") or not path.resolve().is_relative_to(root):
+                continue
+            if entry.is_dir():
+                folders.append(entry.name)
+            elif entry.is_file() and is_image_name(entry.name):
+                images.append(entry.name)
+    return sorted(folders), sorted(images)
+
+
 def thumbnail_path(root: Path, source: str, extension: str) -> Path:
     """<root>/resized/<source's folder>/<name>_resized<ext>: mirrors the source's folder, so
     a.jpg in two folders never share a thumbnail."""
