@@ -21,7 +21,8 @@ class RunningService:
         self.images = tmp_path / "images"
         self.images.mkdir(exist_ok=True)
         environment = {**os.environ, "IMAGES_DIR": str(self.images), "LOGS_DIR": str(tmp_path / "logs"), **(env or {})}
-        environment.pop("REDIS_URL")  # run.py starts its own Redis
+        if "REDIS_URL" not in (env or {}):
+            environment.pop("REDIS_URL")  # run.py starts its own Redis
         self.process = subprocess.Popen([sys.executable, str(HERE / "run.py"), *args], cwd=tmp_path, env=environment,
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.lines: list[str] = []

@@ -56,12 +56,24 @@ def check_port_free(port: int) -> None:
             raise CannotStart(f"port {port} on {settings.listen_host} is not free ({exc.strerror}): stop what uses it or pass --port") from None
 
 
+class Child:
+    """A process of the stack, with what it takes to start it again."""
+
+    def __init__(self, name: str, command: list[str], env: dict, restart: bool):
+        self.name, self.command, self.env, self.restart = name, command, env, restart
+        self.process = self.start()
+
+    def start(self) -> subprocess.Popen:
+        return subprocess.Popen(self.command, cwd=HERE, env=self.env, start_new_session=True)
+
+
 class Stack:
-    """The child processes, in start order; stopped in reverse, Redis last."""
+    """The child processes, in start order; stopped in reverse, Redis last. A worker that dies is
+    started again (its job is found abandoned and retried); the API or Redis dying stops everything."""
 
     def __init__(self):
         self.redis: subprocess.Popen | None = None
-        self.children: list[tuple[str, subprocess.Popen]] = []
+        self.children: list[Child] = []
 
     def start_redis(self) -> str:
         if settings.redis_url:
@@ -81,14 +93,20 @@ class Stack:
             raise CannotStart(f"the embedded Redis did not start: {exc}") from None
         return url
 
-    def spawn(self, name: str, command: list[str], env: dict) -> None:
-        self.children.append((name, subprocess.Popen(command, cwd=HERE, env=env, start_new_session=True)))
+    def spawn(self, name: str, command: list[str], env: dict, restart: bool = False) -> None:
+        self.children.append(Child(name, command, env, restart))
 
-    def exited(self) -> str | None:
-        """The name of a child that has exited, if any."""
-        for name, process in self.children:
-            if process.poll() is not None:
-                return f"{name} (exit code {process.returncode})"
+    def exited(self, restart: bool) -> str | None:
+        """The name of a child that has exited for good, if any. With restart, a dead worker is started
+        again instead (not during start-up, where a worker that dies at once would only die again)."""
+        for child in self.children:
+            code = child.process.poll()
+            if code is None:
+                continue
+            if not (restart and child.restart):
+                return f"{child.name} (exit code {code})"
+            print(f"run.py: {child.name} exited (code {code}); starting it again", file=sys.stderr, flush=True)
+            child.process = child.start()
         if self.redis is not None and self.redis.poll() is not None:
             return "redis-server"
         return None
@@ -96,10 +114,11 @@ class Stack:
     def stop(self) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl+C must not cut the shutdown short
         deadline = time.monotonic() + STOP_GRACE
-        for _, process in reversed(self.children):
+        processes = [child.process for child in reversed(self.children)]
+        for process in processes:
             if process.poll() is None:
                 process.terminate()
-        for _, process in self.children:
+        for process in processes:
             try:
                 process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -117,7 +136,7 @@ def wait_for_health(stack: Stack, url: str, workers: int, timeout: float = 60) -
     """Return once /health answers and counts every worker: then the service is ready for work."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        dead = stack.exited()
+        dead = stack.exited(restart=False)
         if dead:
             raise CannotStart(f"{dead} exited during start-up; its log is in {settings.logs_dir}")
         try:
@@ -136,15 +155,15 @@ def serve(args, stack: Stack) -> int:
     env = {**os.environ, "REDIS_URL": stack.start_redis(), "PORT": str(args.port),
            "IMAGES_DIR": str(settings.images_root), "LOGS_DIR": str(settings.logs_dir.resolve())}
     for number in range(args.workers):
-        stack.spawn(f"worker {number + 1}", WORKER_COMMAND + ["images"], env)
+        stack.spawn(f"worker {number + 1}", WORKER_COMMAND + ["images"], env, restart=True)
     if not args.no_classifier:
-        stack.spawn("classifier", WORKER_COMMAND + ["classify"], env)
+        stack.spawn("classifier", WORKER_COMMAND + ["classify"], env, restart=True)
     stack.spawn("api", API_COMMAND, env)
     host = "127.0.0.1" if settings.listen_host in ("0.0.0.0", "::") else settings.listen_host
     url = f"http://{host}:{args.port}/"
     wait_for_health(stack, url, args.workers + (not args.no_classifier))
     print(f"Image service ready at {url} ({args.workers} workers); Ctrl+C stops it.", flush=True)
-    while not (dead := stack.exited()):
+    while not (dead := stack.exited(restart=True)):
         time.sleep(0.5)
     raise CannotStart(f"{dead} stopped unexpectedly; the service is shutting down")
 

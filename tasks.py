@@ -61,6 +61,8 @@ def entry(image: str, work: Callable) -> dict:
         return {"image": image, "result": work(local_path(image))}
     except USER_ERRORS as exc:
         return {"image": image, "error": str(exc)}
+    except JobTimeoutException:  # the job's time is up: that ends the job, not just this image
+        raise
     except Exception as exc:  # one image's surprise must not fail the rest of its batch
         log.exception("unexpected error on image %s", image)
         return {"image": image, "error": f"Unexpected {type(exc).__name__} while processing this image; the worker log has details."}
