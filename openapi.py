@@ -167,8 +167,7 @@ def document() -> dict:
                               **_errors(404)}}},
             "/images": {"get": {
                 "operationId": "browse", "summary": "The folders and images directly inside a folder of the images root",
-                "parameters": [{"name": "path", "in": "query", "required": False,
-                                "schema": {"type": "string", "maxLength": 1024}, "description": "a folder; default: the root"}],
+                "parameters": _query(params.BrowseQuery.model_json_schema()["properties"]),
                 "responses": {"200": _json(Listing, "the folder's contents"), **_errors(400, 404)}}},
             "/health": {"get": {"operationId": "health", "summary": "Redis, workers and queue depths",
                                 "responses": {"200": _json(Health, "Redis answers"), "503": _json(HealthDown, "Redis is down")}}},

@@ -71,6 +71,10 @@ class PlotParams(_Params):
             raise InvalidParameter(f"kind=histogram plots one image, but {count} were given; name a single file.")
 
 
+class BrowseQuery(_Params):
+    path: str = Field(".", min_length=1, max_length=1024, description="a folder inside the images root; default: the root")
+
+
 class ResultQuery(_Params):
     wait: float = Field(0, ge=0, le=30, description="seconds to hold the request until the job ends")
 
