@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image as PILImage
-from PIL import ImageFile
 
 import Image
 import classifier
 import torch_weights
 from Image import ImageError
 from classifier import Classifier, ModelMissing
+from TestImage import decoded_sizes
 
 TESTDATA = Path(__file__).parent / "testdata"
 LIMIT = 50_000_000
@@ -270,18 +270,6 @@ def encode(img, fmt, **options) -> bytes:
     buffer = io.BytesIO()
     img.save(buffer, fmt, **options)
     return buffer.getvalue()
-
-
-def decoded_sizes(monkeypatch) -> list:
-    sizes = []
-    load_prepare = ImageFile.ImageFile.load_prepare
-
-    def spy(self):
-        sizes.append(self.size)
-        load_prepare(self)
-
-    monkeypatch.setattr(ImageFile.ImageFile, "load_prepare", spy)
-    return sizes
 
 
 def test_open_rgb_decodes_a_big_jpeg_reduced(tmp_path, monkeypatch):

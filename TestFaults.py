@@ -100,6 +100,16 @@ def wait_until(condition, within: float, what: str):
         time.sleep(0.1)
 
 
+def slow_batch(tmp_path, redis_server, stop_afterwards, name: str, count: int, workers: str, chunk: str):
+    """The service, and a batch of slow thumbnails that it has started on: (service, url, folder, jobId)."""
+    service, url = start_service(tmp_path, redis_server, "--workers", workers, CHUNK_SIZE=chunk)
+    stop_afterwards(service)
+    folder = photo_folder(service.images, name, count)
+    job_id = requests.post(url + "imageapi", data={"imagePath": folder, **SLOW}, timeout=10).json()["jobId"]
+    wait_until(lambda: progress(url, job_id).get("done", 0) >= 1, 60, "the batch never started")
+    return service, url, folder, job_id
+
+
 def assert_every_image_once(done: dict, folder: str, count: int):
     entries = done["result"]["images"]
     assert done["status"] == "finished" and (done["result"]["done"], done["result"]["failed"]) == (count, 0), done["result"]
@@ -107,11 +117,7 @@ def assert_every_image_once(done: dict, folder: str, count: int):
 
 
 def test_a_worker_killed_mid_batch_loses_nothing(tmp_path, redis_server, stop_afterwards):
-    service, url = start_service(tmp_path, redis_server, "--workers", "2", CHUNK_SIZE="2")
-    stop_afterwards(service)
-    folder = photo_folder(service.images, "killed", 8)
-    job_id = requests.post(url + "imageapi", data={"imagePath": folder, **SLOW}, timeout=10).json()["jobId"]
-    wait_until(lambda: progress(url, job_id).get("done", 0) >= 1, 60, "the batch never started")
+    service, url, folder, job_id = slow_batch(tmp_path, redis_server, stop_afterwards, "killed", 8, workers="2", chunk="2")
     victim = workers_of(service)[0]
     victim.send_signal(signal.SIGKILL)  # mid-chunk: its job is abandoned, found by the heartbeat, retried
     done = result(url, job_id, within=180)
@@ -123,11 +129,7 @@ def test_a_worker_killed_mid_batch_loses_nothing(tmp_path, redis_server, stop_af
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_redis_restarted_mid_batch_loses_nothing(tmp_path, redis_server, stop_afterwards, sig):
-    service, url = start_service(tmp_path, redis_server, "--workers", "2", CHUNK_SIZE="2")
-    stop_afterwards(service)
-    folder = photo_folder(service.images, "restart", 8)
-    job_id = requests.post(url + "imageapi", data={"imagePath": folder, **SLOW}, timeout=10).json()["jobId"]
-    wait_until(lambda: progress(url, job_id).get("done", 0) >= 1, 60, "the batch never started")
+    service, url, folder, job_id = slow_batch(tmp_path, redis_server, stop_afterwards, "restart", 8, workers="2", chunk="2")
     time.sleep(1.2)  # AOF fsyncs every second
     redis_server.stop(sig)
     down = [requests.get(url + path, timeout=15) for path in ("health", f"result/{job_id}")]
@@ -158,11 +160,7 @@ def test_many_api_processes_and_workers_process_each_image_once(tmp_path, redis_
 
 
 def test_sigterm_lets_a_worker_finish_its_job(tmp_path, redis_server, stop_afterwards):
-    service, url = start_service(tmp_path, redis_server, "--workers", "1", CHUNK_SIZE="4")
-    stop_afterwards(service)
-    folder = photo_folder(service.images, "graceful", 4)
-    job_id = requests.post(url + "imageapi", data={"imagePath": folder, **SLOW}, timeout=10).json()["jobId"]
-    wait_until(lambda: progress(url, job_id).get("done", 0) >= 1, 60, "the batch never started")
+    service, url, folder, job_id = slow_batch(tmp_path, redis_server, stop_afterwards, "graceful", 4, workers="1", chunk="4")
     worker = workers_of(service)[0]
     worker.send_signal(signal.SIGTERM)
     worker.wait(60)  # it stops only after the chunk it holds
