@@ -270,7 +270,7 @@ def openapi_document():
 def browse_images():
     """The folders and images directly inside a folder of the images root (read-only), for the web page."""
     root = settings.images_root
-    folder = paths.resolve(root, params.validate(params.BrowseQuery, request.args.to_dict()).path)
+    folder = paths.resolve(root, params.validate(params.BrowseQuery, request.args.to_dict()).path, name="path")
     if not folder.is_dir():
         raise params.InvalidParameter(f"path {paths.relative(root, folder)!r} is a file, not a folder.")
     folders, images = paths.browse(root, folder)

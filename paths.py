@@ -25,22 +25,23 @@ class PathNotFound(LookupError):
     """The path is inside the root but nothing is there (404)."""
 
 
-def resolve(root: Path, user_path: str) -> Path:
-    """The absolute, symlink-free path that user_path names inside root, or PathRefused/PathNotFound."""
+def resolve(root: Path, user_path: str, name: str = "imagePath") -> Path:
+    """The absolute, symlink-free path that user_path names inside root, or PathRefused/PathNotFound
+    (their sentences call it by the parameter's name)."""
     if "\x00" in user_path:
-        raise PathRefused("imagePath contains a NUL character.")
+        raise PathRefused(f"{name} contains a NUL character.")
     given = PurePosixPath(user_path.strip())
     if given.is_absolute() and given.is_relative_to(CONTAINER_ROOT):
         given = given.relative_to(CONTAINER_ROOT)
     resolved = (root / given).resolve()
     if not resolved.is_relative_to(root):
-        raise PathRefused(f"imagePath {user_path!r} is outside the images root; give a path inside it, like Japan/a.jpg.")
+        raise PathRefused(f"{name} {user_path!r} is outside the images root; give a path inside it, like Japan/a.jpg.")
     try:
         found = resolved.exists()
     except OSError:  # a name too long for the file system, say: nothing can be there
         found = False
     if not found:
-        raise PathNotFound(f"Nothing is at imagePath {relative(root, resolved)!r} under the images root.")
+        raise PathNotFound(f"Nothing is at {name} {relative(root, resolved)!r} under the images root.")
     return resolved
 
 
