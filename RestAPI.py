@@ -116,6 +116,11 @@ def named_images(values: dict, job_id: str) -> tuple[list[str], bool, str]:
     if not source.imagePath:
         raise params.InvalidParameter(
             "Name an image: give imagePath (a file or folder under the images root), imageUrl, or upload files in the field 'image'.")
+    return path_images(source)
+
+
+def path_images(source: params.Source) -> tuple[list[str], bool, str]:
+    """The image imagePath names, or the images of the folder it names (a batch)."""
     root = settings.images_root
     target = paths.resolve(root, source.imagePath)
     named = paths.relative(root, target)
