@@ -129,3 +129,22 @@ def test_run_py_refuses_an_unreachable_redis(tmp_path):
                             capture_output=True, text=True, timeout=30)
     assert failed.returncode != 0
     assert "unreachable" in failed.stderr and "secret" not in failed.stderr and len(failed.stderr.strip().splitlines()) == 1
+
+
+def test_run_py_dashboard_serves_rq_dashboard_on_loopback(tmp_path):
+    port = free_port()
+    running = RunningService(tmp_path, "--port", str(free_port()), "--workers", "1", "--no-classifier", "--dashboard", str(port))
+    try:
+        running.url()
+        deadline = time.monotonic() + 20
+        while True:  # the dashboard starts beside the API; give it a moment
+            try:
+                answer = requests.get(f"http://127.0.0.1:{port}/0/data/queues.json", timeout=5)
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline, "rq-dashboard did not answer"
+                time.sleep(0.2)
+        assert answer.status_code == 200 and "queues" in answer.json()
+        assert any(f"rq-dashboard at http://127.0.0.1:{port}/" in line for line in running.lines)
+    finally:
+        running.interrupt()

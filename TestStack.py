@@ -343,7 +343,7 @@ def test_app_services_share_one_image_and_do_not_run_as_root(name):
 
 def test_shared_settings_are_written_once():
     text = COMPOSE_FILE.read_text(encoding="utf-8")
-    for needle in (":".join(IMAGES_MOUNT), ":".join(LOGS_MOUNT), "REDIS_URL:", "IMAGES_DIR:"):
+    for needle in (":".join(IMAGES_MOUNT), ":".join(LOGS_MOUNT), " REDIS_URL:", " IMAGES_DIR:"):
         assert text.count(needle) == 1, needle
 
 
@@ -522,3 +522,9 @@ def test_dockerignore_keeps_out(path):
 ])
 def test_dockerignore_keeps_code_in(path):
     assert not dockerignored(path), path
+
+
+def test_the_dashboard_is_optional_and_on_loopback_only():
+    dashboard = service("dashboard")
+    assert dashboard["profiles"] == ["dashboard"]
+    assert dashboard["ports"] == ["127.0.0.1:9181:9181"]

@@ -1,4 +1,4 @@
-"""The whole service on one machine, without Docker: `python run.py [--port 5000] [--workers N] [--no-classifier]`.
+"""The whole service on one machine, without Docker: `python run.py [--port 5000] [--workers N] [--no-classifier] [--dashboard]`.
 
 With REDIS_URL unset it starts a private redis-server (AOF on, data under ./data, a password made for
 this run), then the workers and the API, with the same commands the containers run. It prints the URL
@@ -25,6 +25,7 @@ HERE = Path(__file__).resolve().parent
 # The commands the containers run (docker-compose.yml); python is this interpreter.
 API_COMMAND = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "RestAPI:app"]
 WORKER_COMMAND = [sys.executable, "worker.py"]
+DASHBOARD_PORT = 9181
 STOP_GRACE = 8.0  # seconds the API and workers get to stop before they are killed; Redis gets the rest of 10
 
 
@@ -37,6 +38,8 @@ def parse_args(argv):
     parser.add_argument("--port", type=int, default=settings.port, help="the API's port (default: PORT or 5000)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="size/resize workers (default: CPU cores)")
     parser.add_argument("--no-classifier", action="store_true", help="do not start the classify worker")
+    parser.add_argument("--dashboard", type=int, nargs="?", const=DASHBOARD_PORT, metavar="PORT",
+                        help=f"also run rq-dashboard on 127.0.0.1 (default port {DASHBOARD_PORT})")
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be at least 1")
@@ -159,10 +162,15 @@ def serve(args, stack: Stack) -> int:
     if not args.no_classifier:
         stack.spawn("classifier", WORKER_COMMAND + ["classify"], env, restart=True)
     stack.spawn("api", API_COMMAND, env)
+    if args.dashboard:  # the Redis URL goes by environment, not on a command line anyone can read
+        stack.spawn("rq-dashboard", [sys.executable, "-m", "rq_dashboard", "--bind", "127.0.0.1", "--port", str(args.dashboard)],
+                    {**env, "RQ_DASHBOARD_REDIS_URL": env["REDIS_URL"]})
     host = "127.0.0.1" if settings.listen_host in ("0.0.0.0", "::") else settings.listen_host
     url = f"http://{host}:{args.port}/"
     wait_for_health(stack, url, args.workers + (not args.no_classifier))
     print(f"Image service ready at {url} ({args.workers} workers); Ctrl+C stops it.", flush=True)
+    if args.dashboard:
+        print(f"rq-dashboard at http://127.0.0.1:{args.dashboard}/", flush=True)
     while not (dead := stack.exited(restart=True)):
         time.sleep(0.5)
     raise CannotStart(f"{dead} stopped unexpectedly; the service is shutting down")
