@@ -92,7 +92,8 @@ def request_values() -> dict:
 
 
 def choose_action(values: dict, default: str) -> Action:
-    name = str(values.get("action") or default).strip().lower()
+    given = values.get("action", default)
+    name = given.strip().lower() or default if isinstance(given, str) else repr(given)
     if name not in ACTIONS:
         raise params.InvalidParameter(f"Invalid parameter action: {name!r} is not one of {', '.join(ACTIONS)}.")
     return ACTIONS[name]

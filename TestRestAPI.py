@@ -349,3 +349,12 @@ def test_browsing_folders_stays_inside_the_root(client, folder, images_root):
         assert answer.status_code == 400 and "outside the images root" in answer.get_json()["error"], outside
     assert client.get("/images", query_string={"path": rel(folder / "a.jpg", images_root)}).status_code == 400
     assert client.get("/images", query_string={"path": "no/such/folder"}).status_code == 404
+
+
+@pytest.mark.parametrize("action", [{}, [], 3, None])
+def test_an_action_that_is_not_a_string_is_refused(client, action):
+    # {"action": {}} in a JSON body once fell back to the default action (schemathesis found it) -> now 400
+    answer = client.post("/imageapi", json={"action": action, "imagePath": "x.jpg"})
+    assert answer.status_code == (404 if action is None else 400)  # null means "not given": the default, then no x.jpg
+    if action is not None:
+        assert "action" in answer.get_json()["error"]
