@@ -73,21 +73,32 @@ app.json.sort_keys = False
 def request_values() -> dict:
     """Parameters from the query string, form fields and a JSON object body, merged (the body wins).
 
-    A parameter may appear once, except imageUrl, which may repeat to name several URLs.
+    Each place is checked on its own: a malformed parameter is a 400 even where another place or the
+    chosen action would make it moot. A parameter may appear once, except imageUrl, which may repeat.
     """
-    values = {}
+    merged = {}
     for source in (request.args, request.form):
+        values = {}
         for name, given in source.lists():
             if len(given) > 1 and name not in REPEATABLE:
                 raise params.InvalidParameter(f"Invalid parameter {name}: give it once, not {len(given)} times.")
             values[name] = given if name in REPEATABLE and len(given) > 1 else given[0]
+        merged.update(checked(values))
     if request.mimetype == "application/json" and request.content_length:
         body = request.get_json(silent=True)
         if not isinstance(body, dict):
             raise params.InvalidParameter("The JSON body must be an object, like {\"imagePath\": \"Japan/a.jpg\"}.")
-        values.update((name, value) for name, value in body.items() if value is not None)  # null: not given
+        merged.update(checked({name: value for name, value in body.items() if value is not None}, strict=True))  # null: not given
     elif request.content_length and request.mimetype not in ("multipart/form-data", "application/x-www-form-urlencoded"):
         raise UnsupportedMediaType("Send parameters as a query string, form fields, multipart/form-data or a JSON object.")
+    return merged
+
+
+def checked(values: dict, strict: bool = False) -> dict:
+    """values, once every parameter of any action in them is well-formed (else InvalidParameter)."""
+    if "action" in values:
+        choose_action(values, "")
+    params.validate(params.AnyActionParams, values, strict)
     return values
 
 

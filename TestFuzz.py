@@ -17,8 +17,8 @@ def test_schemathesis_finds_nothing(tmp_path):
         url = service.url()
         run = subprocess.run(
             [shutil.which("schemathesis"), "--config-file", str(HERE / "schemathesis.toml"), "run", f"{url}openapi.json",
-             "--max-examples", "15", "--workers", "1", "--seed", "20261123", "--max-time", "100",
-             "--no-color", "--generation-database", "none"],
+             "--max-examples", "40", "--workers", "1", "--seed", "20261123", "--generation-deterministic",
+             "--no-color"],
             cwd=tmp_path, capture_output=True, text=True, timeout=300)
     finally:
         service.interrupt()

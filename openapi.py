@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 import params
 
-ACTIONS_PARAMS = (params.Source, params.ResizeParams, params.ClassifyParams, params.PlotParams)
+ACTIONS_PARAMS = (params.AnyActionParams,)  # what every enqueue checks; each action then reads its own
 
 
 class Error(BaseModel):
@@ -123,7 +123,10 @@ def _result_answers() -> dict:
 
 def document() -> dict:
     """The whole document, built from the models."""
-    body = {"type": "object", "properties": {"action": ACTION, **_properties(*ACTIONS_PARAMS)}}
+    fields = {"action": ACTION, **_properties(*ACTIONS_PARAMS)}
+    # In a JSON body, null means "not given" (the query's value or the default applies).
+    body = {"type": "object", "properties": {name: {"anyOf": [schema, {"type": "null"}]} for name, schema in fields.items()}}
+    form = {"type": "object", "properties": fields}
     upload = {"type": "object", "properties": {
         "image": {"type": "array", "items": {"type": "string", "format": "binary"}, "description": "one or more files"},
         "action": ACTION, **_properties(*ACTIONS_PARAMS)}}
@@ -138,10 +141,10 @@ def document() -> dict:
                         "parameters": _query(params.Source.model_json_schema()["properties"], required=("imagePath",)),
                         "responses": {**_enqueue_answers(), **_errors(400, 404, 429)}},
                 "post": {"operationId": "enqueue", "summary": "Queue an action on a path, on uploads, or on a folder",
-                         "parameters": _query({"action": ACTION, **_properties(*ACTIONS_PARAMS)}),
+                         "parameters": _query(fields),
                          "requestBody": {"required": False, "content": {
                              "application/json": {"schema": body},
-                             "application/x-www-form-urlencoded": {"schema": body},
+                             "application/x-www-form-urlencoded": {"schema": form},
                              "multipart/form-data": {"schema": upload}}},
                          "responses": {**_enqueue_answers(), **_errors(400, 404, 413, 415, 429)}},
             },

@@ -75,6 +75,13 @@ class BrowseQuery(_Params):
     path: str = Field(".", min_length=1, max_length=1024, description="a folder inside the images root; default: the root")
 
 
+class AnyActionParams(Source, ResizeParams, ClassifyParams):
+    """Every parameter any action takes: checked on every request, so a malformed one is a 400 even
+    where the chosen action would not read it."""
+
+    kind: Literal["histogram", "sizes"] | None = None
+
+
 class ResultQuery(_Params):
     wait: float = Field(0, ge=0, le=30, description="seconds to hold the request until the job ends")
 
@@ -83,9 +90,11 @@ class InvalidParameter(ValueError):
     """A parameter failed validation; str() names it in one sentence."""
 
 
-def validate(model: type[_Params], values: dict) -> _Params:
+def validate(model: type[_Params], values: dict, strict: bool = False) -> _Params:
+    """values as the model; strict for a JSON body, whose values carry their types (0 is not a boolean),
+    lax for query strings and form fields, which are all text ("100" is a width)."""
     try:
-        return model.model_validate(values)
+        return model.model_validate(values, strict=strict)
     except ValidationError as exc:
         raise InvalidParameter(describe(exc)) from None
 
