@@ -182,23 +182,36 @@ def wait_result(client: Client, job_id: str, wait: int = 30, deadline_s: float =
 # --- the service under run.py ------------------------------------------------------------------------
 
 class Service:
-    """`python run.py --port P --workers N --no-classifier` in a temporary working folder (so its
-    embedded Redis keeps its AOF in <tmp>/data), with IMAGES_DIR and LOGS_DIR of our choosing."""
+    """`python run.py --port P --workers N [--no-classifier]` in a temporary working folder (so its
+    embedded Redis keeps its AOF in <tmp>/data), with IMAGES_DIR and LOGS_DIR of our choosing.
+    The classify worker is left out unless classifier=True."""
 
-    def __init__(self, workdir: Path, images_dir: Path, logs_dir: Path, workers: int, env: dict | None = None):
+    NOTABLE = ("exited (code", "starting it again", "Traceback", "level=ERROR", "level=CRITICAL", "stopped unexpectedly")
+    MAX_NOTABLE = 500
+
+    def __init__(self, workdir: Path, images_dir: Path, logs_dir: Path, workers: int, env: dict | None = None,
+                 classifier: bool = False):
         self.port = embedded_redis.free_port()
         Path(workdir).mkdir(parents=True, exist_ok=True)
         environment = {**os.environ, "IMAGES_DIR": str(images_dir), "LOGS_DIR": str(logs_dir), **(env or {})}
         environment.pop("REDIS_URL", None)  # run.py then starts its own Redis, never the machine's
         environment["PYTHONUNBUFFERED"] = "1"
         self.lines: list[str] = []
-        self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "run.py"), "--port", str(self.port), "--workers", str(workers), "--no-classifier"],
-            cwd=workdir, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.notable: list[str] = []  # worker restarts, tracebacks, ERROR lines (the first MAX_NOTABLE)
+        self.notable_count = 0
+        command = [sys.executable, str(ROOT / "run.py"), "--port", str(self.port), "--workers", str(workers)]
+        if not classifier:
+            command.append("--no-classifier")
+        self.process = subprocess.Popen(command, cwd=workdir, env=environment, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True)
         threading.Thread(target=self._drain, daemon=True).start()
 
     def _drain(self):
         for line in self.process.stdout:  # the workers and the API log here too: keep the pipe flowing
+            if any(mark in line for mark in self.NOTABLE):
+                self.notable_count += 1
+                if len(self.notable) < self.MAX_NOTABLE:
+                    self.notable.append(line)
             if len(self.lines) < 200:
                 self.lines.append(line)
             elif "ready at" in line or "Stopped" in line:
@@ -221,15 +234,184 @@ class Service:
 
 
 @contextmanager
-def service(workdir: Path, images_dir: Path, logs_dir: Path, workers: int, env: dict | None = None):
-    running = Service(workdir, images_dir, logs_dir, workers, env)
+def service(workdir: Path, images_dir: Path, logs_dir: Path, workers: int, env: dict | None = None,
+            classifier: bool = False, ready_timeout: float = 60):
+    running = Service(workdir, images_dir, logs_dir, workers, env, classifier=classifier)
     try:
         started = time.perf_counter()
-        url = running.wait_ready()
-        log(f"run.py ready at {url} in {time.perf_counter() - started:.1f} s ({workers} workers)")
+        url = running.wait_ready(ready_timeout)
+        log(f"run.py ready at {url} in {time.perf_counter() - started:.1f} s ({workers} workers"
+            f"{' + classifier' if classifier else ''})")
         yield running
     finally:
         running.stop()
+
+
+# --- the service's processes and their memory --------------------------------------------------------
+
+MB = 1024 * 1024
+
+
+class Processes:
+    """The processes under run.py, each with a stable label given when first seen:
+    "run.py", "redis-server", "api master", "api worker 1..", "image worker 1..", "classifier".
+    A process started later (run.py restarts a dead worker) gets the next number; `replaced` counts
+    the labelled processes that have gone."""
+
+    def __init__(self, pid: int):
+        import psutil
+
+        self.root = psutil.Process(pid)
+        self.labels: dict[int, str] = {}
+        self.counters: dict[str, int] = {}
+        self.gone: set[str] = set()
+
+    def _kind(self, proc) -> str | None:
+        try:
+            command = " ".join(proc.cmdline())
+        except Exception:  # it has just exited
+            return None
+        if proc.pid == self.root.pid:
+            return "run.py"
+        if "redis-server" in command:
+            return "redis-server"
+        if "gunicorn" in command:
+            return "api master" if proc.ppid() == self.root.pid else "api worker"
+        if "worker.py" in command:
+            return "classifier" if command.rstrip().endswith("classify") else "image worker"
+        return None  # a short-lived helper (the model's one-time conversion)
+
+    def current(self) -> dict[str, "psutil.Process"]:
+        """{label: process} of every process of the service alive now."""
+        import psutil
+
+        try:
+            found = [self.root] + self.root.children(recursive=True)
+        except psutil.NoSuchProcess:
+            found = []
+        alive = {}
+        for proc in sorted(found, key=lambda p: p.pid):
+            if proc.pid not in self.labels:
+                kind = self._kind(proc)
+                if kind is None:
+                    continue
+                if kind in ("api worker", "image worker"):
+                    self.counters[kind] = self.counters.get(kind, 0) + 1
+                    kind = f"{kind} {self.counters[kind]}"
+                elif kind in self.counters:  # a second classifier: a restarted one
+                    self.counters[kind] += 1
+                    kind = f"{kind} {self.counters[kind]}"
+                else:
+                    self.counters[kind] = 1
+                self.labels[proc.pid] = kind
+            alive[self.labels[proc.pid]] = proc
+        self.gone |= set(self.labels.values()) - set(alive)
+        return alive
+
+    def rss(self) -> dict[str, float]:
+        """{label: RSS in MB} now, plus "api (master + workers)", the API's sum."""
+        import psutil
+
+        sizes = {}
+        for label, proc in self.current().items():
+            try:
+                sizes[label] = proc.memory_info().rss / MB
+            except psutil.Error:
+                pass
+        api = [v for k, v in sizes.items() if k.startswith("api ")]
+        if api:
+            sizes["api (master + workers)"] = sum(api)
+        return sizes
+
+
+def _schedstat(pid: int) -> tuple[float, float] | None:
+    """(seconds on a CPU, seconds runnable but waiting for one) of the live threads of pid, from Linux's
+    /proc/<pid>/task/*/schedstat; None where that is not readable."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    on, waiting = 0, 0
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as file:
+                fields = file.read().split()
+            on, waiting = on + int(fields[0]), waiting + int(fields[1])
+        except (OSError, ValueError, IndexError):  # a thread that has just ended
+            pass
+    return on / 1e9, waiting / 1e9
+
+
+def cpu_usage(processes: "Processes | None" = None) -> dict[str, tuple[float, float | None]]:
+    """{label: (CPU seconds, seconds waiting for a CPU)} so far, per process of the service (with the API
+    summed as "api (master + workers)"), plus "bench client" (this process) and "machine" (every core:
+    busy seconds, idle seconds). Differences of two calls give the CPU each spent in between; the
+    waiting time (Linux's run-queue delay of the threads alive at the call, so a lower bound; None
+    elsewhere) shows when the cores were oversubscribed."""
+    import psutil
+
+    usage = {}
+    targets = dict(processes.current()) if processes else {}
+    targets["bench client"] = psutil.Process()
+    for label, proc in targets.items():
+        try:
+            times = proc.cpu_times()  # counts threads that have ended too, unlike the live threads' schedstat
+        except psutil.Error:
+            continue
+        stat = _schedstat(proc.pid)
+        usage[label] = (times.user + times.system, stat[1] if stat else None)
+    api = [v for k, v in usage.items() if k.startswith("api ")]
+    if api:
+        usage["api (master + workers)"] = (sum(v[0] for v in api), None if any(v[1] is None for v in api) else sum(v[1] for v in api))
+    machine = psutil.cpu_times()
+    usage["machine"] = (sum(machine) - machine.idle - getattr(machine, "iowait", 0), machine.idle + getattr(machine, "iowait", 0))
+    return usage
+
+
+def cpu_delta(before: dict, after: dict) -> dict[str, tuple[float, float | None]]:
+    """after - before, for the labels in both (a process restarted in between is left out)."""
+    return {label: (after[label][0] - before[label][0],
+                    None if after[label][1] is None or before[label][1] is None else after[label][1] - before[label][1])
+            for label in after if label in before and after[label][0] >= before[label][0]}
+
+
+class RssSampler:
+    """A thread that records Processes.rss() every `interval` seconds: the peak of each label, and the
+    samples themselves (at most max_samples, then every other one is dropped)."""
+
+    def __init__(self, processes: Processes, interval: float = 0.5, max_samples: int = 4000):
+        self.processes, self.interval, self.max_samples = processes, interval, max_samples
+        self.peak: dict[str, float] = {}
+        self.samples: list[tuple[float, dict[str, float]]] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def sample(self) -> dict[str, float]:
+        sizes = self.processes.rss()
+        with self._lock:
+            for label, value in sizes.items():
+                self.peak[label] = max(value, self.peak.get(label, 0.0))
+            self.samples.append((time.monotonic(), sizes))
+            if len(self.samples) > self.max_samples:
+                self.samples = self.samples[::2]
+        return sizes
+
+    def _run(self):
+        while not self._stop.wait(self.interval):
+            try:
+                self.sample()
+            except Exception as exc:  # never let sampling end the run; note it
+                log(f"RSS sample skipped: {exc!r}")
+
+    def __enter__(self):
+        self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(10)
 
 
 def link_or_copy(source: Path, dest: Path) -> None:
