@@ -421,3 +421,23 @@ def link_or_copy(source: Path, dest: Path) -> None:
         os.link(source, dest)
     except OSError:
         shutil.copyfile(source, dest)
+
+
+def parse_time(stamp: str | None) -> float | None:
+    """An answer's ISO time (enqueuedAt, startedAt, endedAt) as a Unix timestamp, or None."""
+    if not stamp:
+        return None
+    moment = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    return (moment if moment.tzinfo else moment.replace(tzinfo=datetime.timezone.utc)).timestamp()
+
+
+def record_stages(stages: dict, answer: dict, wall: float, started: float, posted: float, done: float) -> None:
+    """Split one round's time into POST answered / queued / ran / after (ms), from the job's own times.
+
+    wall is time.time() at the round's start; started, posted and done are perf_counter() readings."""
+    enqueued, began, ended = (parse_time(answer.get(k)) for k in ("enqueuedAt", "startedAt", "endedAt"))
+    stages["post"].append(1000 * (posted - started))
+    if enqueued and began and ended:
+        stages["queued"].append(1000 * (began - enqueued))
+        stages["ran"].append(1000 * (ended - began))
+        stages["after"].append(1000 * (wall + done - started - ended))

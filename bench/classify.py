@@ -24,12 +24,11 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import corpus  # noqa: E402
-from _common import (Client, Processes, RssSampler, link_or_copy, log, percentile, post_form, report,  # noqa: E402
+from _common import (parse_time, record_stages, Client, Processes, RssSampler, link_or_copy, log, percentile, post_form, report,  # noqa: E402
                      service, wait_result)
 
 AIM_IMAGES_PER_S = 60.0
@@ -39,13 +38,6 @@ WARMUP = 3
 TOP = 5
 MAX_PIXELS = 50_000_000
 READY_TIMEOUT = 600  # s: a first start converts the model (~20 s on a quiet machine; much more under load)
-
-
-def parse_time(stamp: str | None) -> float | None:
-    if not stamp:
-        return None
-    moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
 
 
 def check_predictions(predictions, where: str) -> None:
@@ -122,12 +114,7 @@ def through_service(tmp: Path, images_root: Path, single: str, folder: str, coun
                 if number < WARMUP:
                     continue
                 times.append(1000 * (done - started))
-                enqueued, began, ended = (parse_time(answer.get(k)) for k in ("enqueuedAt", "startedAt", "endedAt"))
-                stages["post"].append(1000 * (posted - started))
-                if enqueued and began and ended:
-                    stages["queued"].append(1000 * (began - enqueued))
-                    stages["ran"].append(1000 * (ended - began))
-                    stages["after"].append(1000 * (wall + done - started - ended))
+                record_stages(stages, answer, wall, started, posted, done)
             label = answer["result"]["predictions"][0]["label"]
             log(f"service: {requests} single jobs, p50 {percentile(times, 50):.1f} ms; folder of {count} x {repeat}")
 

@@ -27,7 +27,6 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 from PIL import Image
@@ -37,7 +36,7 @@ from rq.results import Result
 from rq.serializers import JSONSerializer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BENCH, ROOT, Client, log, own_redis, percentile, post_form, report, service, stop_process  # noqa: E402
+from _common import parse_time, record_stages, BENCH, ROOT, Client, log, own_redis, percentile, post_form, report, service, stop_process  # noqa: E402
 
 TARGET_P50_MS = 5.0
 TARGET_JOBS_PER_S = 500.0
@@ -115,13 +114,6 @@ def throughput(make_round, jobs: int, threads: int, deadline_s: float = 60) -> f
     return jobs / elapsed
 
 
-def parse_time(stamp: str | None) -> float | None:
-    if not stamp:
-        return None
-    moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
-
-
 # --- 2. the service ---------------------------------------------------------------------------------------
 
 def service_rounds(tmp: Path, images: Path, workers: int, requests: int, concurrency: int, jobs: int) -> dict:
@@ -142,12 +134,7 @@ def service_rounds(tmp: Path, images: Path, workers: int, requests: int, concurr
                 if status != 200 or answer.get("status") != "finished":
                     raise RuntimeError(f"GET /result answered {status}: {answer}")
                 if record:
-                    enqueued, began, ended = (parse_time(answer.get(k)) for k in ("enqueuedAt", "startedAt", "endedAt"))
-                    stages["post"].append(1000 * (posted - started))
-                    if enqueued and began and ended:
-                        stages["queued"].append(1000 * (began - enqueued))
-                        stages["ran"].append(1000 * (ended - began))
-                        stages["after"].append(1000 * (wall + done - started - ended))
+                    record_stages(stages, answer, wall, started, posted, done)
             return one_round, client.close
 
         one_round, close = make_round(record=True)
