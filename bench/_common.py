@@ -4,6 +4,7 @@ Nothing here talks to the machine's own Redis (port 6379): every Redis is one ru
 started here with embedded_redis.start on a free port.
 """
 import datetime
+import re
 import http.client
 import json
 import os
@@ -441,3 +442,12 @@ def record_stages(stages: dict, answer: dict, wall: float, started: float, poste
         stages["queued"].append(1000 * (began - enqueued))
         stages["ran"].append(1000 * (ended - began))
         stages["after"].append(1000 * (wall + done - started - ended))
+
+
+def chunk_times(logs_dir, batch_id: str, service: str = "worker") -> list[float]:
+    """The in-worker time of each chunk of a batch, in seconds, from the log lines of `service`'s processes."""
+    pattern = re.compile(rf"chunk \d+ of batch {batch_id}: \d+ images, \d+ failed, in ([\d.]+) ms")
+    found = []
+    for path in Path(logs_dir).glob(f"{service}-*.log"):
+        found += [float(m.group(1)) / 1000 for m in pattern.finditer(path.read_text(errors="replace"))]
+    return found

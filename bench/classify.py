@@ -18,7 +18,6 @@ SIGINT at the end, whatever happens.
 """
 import argparse
 import os
-import re
 import shutil
 import statistics
 import sys
@@ -28,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import corpus  # noqa: E402
-from _common import (parse_time, record_stages, Client, Processes, RssSampler, link_or_copy, log, percentile, post_form, report,  # noqa: E402
+from _common import (chunk_times, parse_time, record_stages, Client, Processes, RssSampler, link_or_copy, log, percentile, post_form, report,  # noqa: E402
                      service, wait_result)
 
 AIM_IMAGES_PER_S = 60.0
@@ -82,14 +81,6 @@ def in_process(image: Path, folder: list[Path], requests: int, repeat: int) -> d
 
 # --- the service -------------------------------------------------------------------------------------
 
-def chunk_times(logs_dir: Path, batch_id: str) -> list[float]:
-    pattern = re.compile(rf"chunk \d+ of batch {batch_id}: \d+ images, \d+ failed, in ([\d.]+) ms")
-    found = []
-    for path in logs_dir.glob("classifier-*.log"):
-        found += [float(m.group(1)) / 1000 for m in pattern.finditer(path.read_text(errors="replace"))]
-    return found
-
-
 def through_service(tmp: Path, images_root: Path, single: str, folder: str, count: int, requests: int, repeat: int) -> dict:
     logs = tmp / "logs"
     with service(tmp / "work", images_root, logs, 1, classifier=True, ready_timeout=READY_TIMEOUT) as running:
@@ -137,7 +128,7 @@ def through_service(tmp: Path, images_root: Path, single: str, folder: str, coun
                     for entry in result["images"]:
                         check_predictions(entry["result"]["predictions"], entry["image"])
                     time.sleep(0.3)  # the last chunk's log line
-                    chunks = chunk_times(logs, body["jobId"])
+                    chunks = chunk_times(logs, body["jobId"], service="classifier")
                     first, ended = parse_time(answer.get("startedAt")), parse_time(answer.get("endedAt"))
                     runs.append({"seconds": elapsed, "cpu_s": cpu_s, "chunks": len(chunks), "chunk_work_s": sum(chunks),
                                  "span_s": (ended - first) if first and ended else None})

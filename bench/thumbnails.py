@@ -15,7 +15,6 @@ c/b >= 0.85. run.py is stopped with SIGINT at the end, whatever happens.
 """
 import argparse
 import os
-import re
 import shutil
 import statistics
 import sys
@@ -29,7 +28,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import corpus  # noqa: E402
-from _common import Client, log, link_or_copy, post_form, report, service, wait_result  # noqa: E402
+from _common import chunk_times, Client, log, link_or_copy, post_form, report, service, wait_result  # noqa: E402
 
 TARGET = 0.85
 WARMUP_IMAGES = 32
@@ -56,15 +55,6 @@ def parse_time(stamp: str | None) -> float | None:
         return None
     moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
     return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
-
-
-def chunk_times(logs_dir: Path, batch_id: str) -> list[float]:
-    """The in-worker time of each chunk of a batch, in seconds, from the workers' log lines."""
-    pattern = re.compile(rf"chunk \d+ of batch {batch_id}: \d+ images, \d+ failed, in ([\d.]+) ms")
-    found = []
-    for path in logs_dir.glob("worker-*.log"):
-        found += [float(m.group(1)) / 1000 for m in pattern.finditer(path.read_text(errors="replace"))]
-    return found
 
 
 def run_service(images_root: Path, folder: str, tmp: Path, workers: int, size: int, count: int, repeat: int) -> dict:
