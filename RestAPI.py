@@ -241,23 +241,34 @@ def result(job_id: str | None = None):
 
 @app.get("/result/file")
 def result_file():
-    """The file a finished job made: a chart kept in Redis, or a thumbnail under the images root."""
+    """The file a finished job made: a chart kept in Redis, or a thumbnail under the images root
+    (in a batch, the thumbnail of entry `index`)."""
     job_id = request.args.get("jobId", "")
     if not job_id:
         raise params.InvalidParameter("Give the jobId, as /result/file?jobId=<jobId>.")
+    query = params.validate(params.FileQuery, request.args.to_dict())
     redis = connection()
     status, body = jobs.describe(redis, jobs.fetch(redis, job_id))
-    made = body.get("result") or {}
     stored = files.load(redis, job_id)
-    if stored is not None:
+    if stored is not None and query.index is None:
         data, mimetype = stored
         return send_file(io.BytesIO(data), mimetype=mimetype, as_attachment=True,
                          download_name=f"{job_id}{mimetypes.guess_extension(mimetype) or ''}")
-    path = Path(made["path"]) if isinstance(made.get("path"), str) else None
-    if path is None or not path.is_relative_to(settings.images_root) or not path.is_file():
-        raise paths.PathNotFound(f"Job {job_id} has no file to download: only a finished plot or single-image resize makes one.")
-    mimetype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    return send_file(path, mimetype=mimetype, as_attachment=True, download_name=f"{job_id}{path.suffix}")
+    made = made_file(body.get("result") or {}, query.index)
+    if made is None or not made.is_relative_to(settings.images_root) or not made.is_file():
+        raise paths.PathNotFound(f"Job {job_id} has no file to download there: a finished plot or resize makes one "
+                                 "(in a batch, give the index of an entry that succeeded).")
+    name = f"{job_id}{'' if query.index is None else f'-{query.index}'}{made.suffix}"
+    return send_file(made, mimetype=mimetypes.guess_type(made.name)[0] or "application/octet-stream",
+                     as_attachment=True, download_name=name)
+
+
+def made_file(result: dict, index: int | None) -> Path | None:
+    """The thumbnail a resize result names: the job's own, or that of batch entry `index`."""
+    if index is not None:
+        entries = result.get("images") or []
+        result = (entries[index].get("result") or {}) if index < len(entries) else {}
+    return Path(result["path"]) if isinstance(result.get("path"), str) else None
 
 
 @app.get("/health")

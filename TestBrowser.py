@@ -138,7 +138,7 @@ DROP = """([name, b64]) => {
 }"""
 
 
-def test_two_uploaded_photos_resized_show_a_result_row_each(page):
+def test_two_uploaded_photos_resized_show_two_thumbnails(page):
     page.set_input_files("#file-input", str(TESTDATA / "jemma.png"))  # one picked
     castle = base64.b64encode((TESTDATA / "castle_image.jpg").read_bytes()).decode()
     page.evaluate(DROP, ["castle_image.jpg", castle])  # and one dropped
@@ -156,6 +156,11 @@ def test_two_uploaded_photos_resized_show_a_result_row_each(page):
         width, height = map(int, re.fullmatch(r"(\d+) × (\d+)", size).groups())
         assert width <= 120 and height <= 90 and (width == 120 or height == 90)
     expect(job.locator(".progress-text")).to_have_text("2 of 2 images")
+    thumbnails = job.locator("img.entry-thumb")
+    expect(thumbnails).to_have_count(2)
+    page.wait_for_function(  # both drawn, each from /result/file?jobId=&index=
+        "() => [...document.querySelectorAll('.job img.entry-thumb')].filter(i => i.complete && i.naturalWidth > 0).length >= 2",
+        timeout=15_000)
     shot(page, "uploads-resized")
 
 

@@ -358,3 +358,18 @@ def test_an_action_that_is_not_a_string_is_refused(client, action):
     assert answer.status_code == (404 if action is None else 400)  # null means "not given": the default, then no x.jpg
     if action is not None:
         assert "action" in answer.get_json()["error"]
+
+
+def test_a_batch_entry_thumbnail_downloads_by_index(client, folder, images_root):
+    copy_sample(PHOTO, folder / "a.jpg")
+    (folder / "b.jpg").write_text("not an image")
+    copy_sample("jemma.png", folder / "c.png")
+    body = submit(client, "POST", data={"imagePath": rel(folder, images_root), "width": "40", "height": "40"})
+    entries = result_of(client, body["jobId"])["result"]["images"]
+    download = client.get(f"/result/file?jobId={body['jobId']}&index=2")
+    assert download.status_code == 200 and download.mimetype == "image/png"
+    assert f"filename={body['jobId']}-2.png" in download.headers["Content-Disposition"]
+    assert download.data == Path(entries[2]["result"]["path"]).read_bytes()
+    for index, status in (("1", 404), ("3", 404), ("-1", 400), ("x", 400)):  # failed entry, past the end, malformed
+        assert client.get(f"/result/file?jobId={body['jobId']}&index={index}").status_code == status, index
+    assert client.get(f"/result/file?jobId={body['jobId']}").status_code == 404  # a batch has no file of its own

@@ -156,7 +156,8 @@ def document() -> dict:
                                         "responses": _result_answers()}},
             "/result/file": {"get": {
                 "operationId": "getResultFile", "summary": "The file a finished job made (thumbnail or plot), as an attachment",
-                "parameters": [{"name": "jobId", "in": "query", "required": True, "schema": JOB_ID}],
+                "parameters": [{"name": "jobId", "in": "query", "required": True, "schema": JOB_ID},
+                               *_query(params.FileQuery.model_json_schema()["properties"])],
                 "responses": {"200": {"description": "the file", "content": {
                     media: {"schema": {"type": "string", "format": "binary"}} for media in ("image/png", "image/jpeg", "image/webp")}},
                     **_errors(400, 404)}}},

@@ -82,6 +82,10 @@ class AnyActionParams(Source, ResizeParams, ClassifyParams):
     kind: Literal["histogram", "sizes"] | None = None
 
 
+class FileQuery(_Params):
+    index: int | None = Field(None, ge=0, description="in a batch: the entry whose thumbnail to download")
+
+
 class ResultQuery(_Params):
     wait: float = Field(0, ge=0, le=30, description="seconds to hold the request until the job ends")
 

@@ -9,7 +9,7 @@ const ROWS_SHOWN = 100; // a batch of thousands shows this many rows, then a but
  */
 export function resultView(job, result, loadFile) {
   if (!result || typeof result !== "object") return h("p", { text: "The job finished without a result." });
-  if (Array.isArray(result.images)) return batchView(job, result);
+  if (Array.isArray(result.images)) return batchView(job, result, loadFile);
   if (typeof result.plot === "string") {
     return fileFigure(result.plot, `Chart: ${job.title}`, `${job.action === "plot" ? "plot" : "file"}-${job.id}.png`,
       loadFile, "plot", null, "Download the PNG");
@@ -76,32 +76,46 @@ export function shownName(job, image) {
 
 const COLUMNS = {
   size: ["Image", "Size (px)", "Format", "Mode"],
-  resize: ["Image", "Thumbnail (px)", "Format", "Thumbnail file"],
+  resize: ["Image", "Thumbnail (px)", "Format", "Thumbnail"],
   classify: ["Image", "Labels"],
 };
 
-function cells(action, result) {
+/** A batch entry's thumbnail (GET /result/file?jobId=&index=), fetched with the token, and its download link. */
+function entryThumbnail(job, index, result, loadFile) {
+  const name = baseName(result.path ?? "");
+  const img = h("img", { alt: `Thumbnail ${name}`, class: "entry-thumb", decoding: "async", width: result.width, height: result.height });
+  const link = h("a", { class: "download file-name", download: name, text: name });
+  loadFile(`/result/file?jobId=${encodeURIComponent(job.id)}&index=${index}`).then(
+    (url) => { img.src = url; link.href = url; },
+    () => img.remove(),
+  );
+  return h("span", { class: "entry-file" }, img, link);
+}
+
+function cells(job, index, action, result, loadFile) {
   if (action === "size" || (!action && "mode" in result)) {
     return [`${result.width} × ${result.height}`, result.format ?? "", result.mode ?? ""];
   }
   if (action === "resize" || "path" in result) {
-    return [`${result.width} × ${result.height}`, result.format ?? "", h("span", { class: "file-name", text: baseName(result.path ?? "") })];
+    return [`${result.width} × ${result.height}`, result.format ?? "", entryThumbnail(job, index, result, loadFile)];
   }
   if (action === "classify" || Array.isArray(result.predictions)) return [predictionList(result.predictions || [])];
   return [h("code", { text: JSON.stringify(result) })];
 }
 
-function table(job, entries, action) {
+function table(job, entries, action, loadFile) {
   const columns = COLUMNS[action] || ["Image", "Result"];
   const body = h("tbody");
   const addRows = (from, to) => {
-    for (const entry of entries.slice(from, to)) {
+    for (let index = from; index < Math.min(to, entries.length); index += 1) {
+      const entry = entries[index];
       const name = h("th", { scope: "row", class: "image-name", text: shownName(job, entry.image) });
       if ("error" in entry) {
         body.append(h("tr", { class: "failed" }, name,
           h("td", { colspan: columns.length - 1, class: "error-text" }, h("strong", { text: "Failed: " }), entry.error)));
       } else {
-        body.append(h("tr", {}, name, cells(action, entry.result || {}).map((cell, index) => h("td", { "data-label": columns[index + 1] }, cell))));
+        body.append(h("tr", {}, name, cells(job, index, action, entry.result || {}, loadFile)
+          .map((cell, column) => h("td", { "data-label": columns[column + 1] }, cell))));
       }
     }
   };
@@ -122,10 +136,10 @@ function table(job, entries, action) {
 }
 
 function sizeTable(job, entries) {
-  return table(job, entries, "size");
+  return table(job, entries, "size", null);
 }
 
-function batchView(job, result) {
+function batchView(job, result, loadFile) {
   const total = result.total ?? result.images.length;
   const failed = result.failed ?? result.images.filter((entry) => "error" in entry).length;
   const done = result.done ?? total - failed;
@@ -135,5 +149,5 @@ function batchView(job, result) {
   const notes = job.action === "resize"
     ? h("p", { class: "hint", text: "Each thumbnail is saved under resized/ in the images root, in a folder named like its source's." })
     : null;
-  return h("div", { class: "batch" }, summary, table(job, result.images, job.action), notes);
+  return h("div", { class: "batch" }, summary, table(job, result.images, job.action, loadFile), notes);
 }
