@@ -120,13 +120,15 @@ def describe(redis: Redis, job: Job) -> tuple[int, dict]:
     """The HTTP status and body that answer for a job: 200 once it ended, 202 while it runs."""
     status = job.get_status(refresh=False)
     ended = job.latest_result() if status in TERMINAL else None
-    body = {"jobId": job.id, "action": job.meta.get("action"), "status": _public_status(redis, job, status),
+    is_batch = job.meta.get("kind") == "batch"
+    batch_started = batches.started_at(redis, job.id) if is_batch else None
+    body = {"jobId": job.id, "action": job.meta.get("action"), "status": _public_status(is_batch, batch_started, status),
             "enqueuedAt": _iso(job.created_at), "startedAt": _iso(job.started_at), "endedAt": None}
     if ended is not None:
         body["startedAt"] = _iso(ended.execution_started_at)
         body["endedAt"] = _iso(ended.execution_ended_at or ended.created_at)
-    if job.meta.get("kind") == "batch":
-        body["startedAt"] = batches.started_at(redis, job.id) or body["startedAt"]
+    if batch_started:
+        body["startedAt"] = batch_started
     if status == JobStatus.FINISHED and ended is not None:
         body["result"] = ended.return_value
         return 200, body
@@ -134,18 +136,18 @@ def describe(redis: Redis, job: Job) -> tuple[int, dict]:
         body["status"] = "failed"
         body["error"] = job.meta.get("error") or _unexplained_end(status)
         return 200, body
-    if job.meta.get("kind") == "batch":
+    if is_batch:
         body["progress"] = batches.progress(redis, job.id)
     return 202, body
 
 
-def _public_status(redis: Redis, job: Job, status: JobStatus) -> str:
+def _public_status(is_batch: bool, batch_started: str | None, status: JobStatus) -> str:
     """RQ's statuses as the user sees them: queued, started, finished or failed."""
     if status in (JobStatus.FINISHED, JobStatus.FAILED):
         return status.value
     if status == JobStatus.STARTED:
         return "started"
-    if job.meta.get("kind") == "batch" and (status == JobStatus.QUEUED or batches.started_at(redis, job.id)):
+    if is_batch and (status == JobStatus.QUEUED or batch_started):
         return "started"  # a batch is under way once its first chunk has started
     return "queued"
 
