@@ -2,7 +2,6 @@
 many API processes and workers process each image once, shutdowns are graceful, timeouts are reported.
 
 Each test runs `python run.py` against a Redis the test owns (AOF on), so it can stop and start it."""
-import os
 import re
 import secrets
 import signal

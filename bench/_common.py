@@ -11,13 +11,14 @@ import os
 import secrets
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
+
+import psutil
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -260,8 +261,6 @@ class Processes:
     the labelled processes that have gone."""
 
     def __init__(self, pid: int):
-        import psutil
-
         self.root = psutil.Process(pid)
         self.labels: dict[int, str] = {}
         self.counters: dict[str, int] = {}
@@ -284,8 +283,6 @@ class Processes:
 
     def current(self) -> dict[str, "psutil.Process"]:
         """{label: process} of every process of the service alive now."""
-        import psutil
-
         try:
             found = [self.root] + self.root.children(recursive=True)
         except psutil.NoSuchProcess:
@@ -311,8 +308,6 @@ class Processes:
 
     def rss(self) -> dict[str, float]:
         """{label: RSS in MB} now, plus "api (master + workers)", the API's sum."""
-        import psutil
-
         sizes = {}
         for label, proc in self.current().items():
             try:
@@ -349,8 +344,6 @@ def cpu_usage(processes: "Processes | None" = None) -> dict[str, tuple[float, fl
     busy seconds, idle seconds). Differences of two calls give the CPU each spent in between; the
     waiting time (Linux's run-queue delay of the threads alive at the call, so a lower bound; None
     elsewhere) shows when the cores were oversubscribed."""
-    import psutil
-
     usage = {}
     targets = dict(processes.current()) if processes else {}
     targets["bench client"] = psutil.Process()

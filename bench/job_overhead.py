@@ -36,7 +36,7 @@ from rq.results import Result
 from rq.serializers import JSONSerializer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import parse_time, record_stages, BENCH, ROOT, Client, log, own_redis, percentile, post_form, report, service, stop_process  # noqa: E402
+from _common import record_stages, BENCH, ROOT, Client, log, own_redis, percentile, post_form, report, service, stop_process  # noqa: E402
 
 TARGET_P50_MS = 5.0
 TARGET_JOBS_PER_S = 500.0

@@ -22,7 +22,6 @@ exited (run.py restarts dead workers), and the ERROR/WARNING lines the service l
 run.py is stopped with SIGINT at the end, whatever happens.
 """
 import argparse
-import json
 import os
 import random
 import re
