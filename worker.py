@@ -10,6 +10,12 @@ abandoned jobs every MAINTENANCE_INTERVAL: a job whose worker was killed is foun
 minute and retried (JOB_RETRIES), where a plain SimpleWorker would leave it "started" for
 JOB_TIMEOUT + 60 s and look only every 10 minutes.
 
+Per job, a plain SimpleWorker makes about 30 Redis round trips; 10 of them renew the worker's own
+key (which lives WORKER_TTL + 60 s) and 3 more re-write an unchanged state or re-check `rq suspend`.
+This one renews its key at most every WORKER_BEAT_EVERY seconds, writes its state only when it
+changes and checks for suspension at most every SUSPENSION_CHECK_EVERY seconds (bench/job_overhead.py
+gives the before and after).
+
 `python worker.py --check` exits 0 when Redis answers and a worker of this host is registered (the
 container healthcheck).
 """
@@ -18,8 +24,10 @@ import logging
 import socket
 import sys
 import threading
+import time
 
 from rq import SimpleWorker, Worker
+from rq.utils import now
 
 from RedisConfig import CLASSIFY_QUEUE, QUEUE_NAMES, SERIALIZER, RedisNotConfigured, connection, queue
 from config import settings
@@ -30,26 +38,58 @@ from tasks import TrustedJob
 HEARTBEAT_TTL = 30  # seconds a running job's heartbeat lasts; the beat is renewed every third of that
 MAINTENANCE_INTERVAL = 15  # seconds between a worker's looks for abandoned jobs
 WORKER_TTL = 45  # the worker's own key; an idle worker wakes every WORKER_TTL - 15 s to beat and look
+WORKER_BEAT_EVERY = 5  # seconds; RQ renews the worker's key three times per job, this keeps one renewal in 5 s
+SUSPENSION_CHECK_EVERY = 1  # seconds; `rq suspend` takes effect within this, instead of costing a round trip per job
 
 
 class ImageWorker(SimpleWorker):
     """A SimpleWorker whose running jobs keep a short heartbeat, so a dead worker's job is noticed soon."""
 
+    _next_suspension_check = 0.0
+
     def get_heartbeat_ttl(self, job) -> int:
         return HEARTBEAT_TTL
 
+    def heartbeat(self, timeout=None, pipeline=None):
+        """RQ's heartbeat, skipped when it would only renew the worker's key again within WORKER_BEAT_EVERY."""
+        recent = self.last_heartbeat is not None and (now() - self.last_heartbeat).total_seconds() < WORKER_BEAT_EVERY
+        if timeout is None and pipeline is None and recent:
+            return
+        super().heartbeat(timeout, pipeline)
+
+    def set_state(self, state, pipeline=None):
+        if pipeline is None and state == self.get_state():
+            return
+        super().set_state(state, pipeline)
+
+    def check_for_suspension(self, burst: bool):
+        if time.monotonic() < self._next_suspension_check:
+            return
+        self._next_suspension_check = time.monotonic() + SUSPENSION_CHECK_EVERY
+        super().check_for_suspension(burst)
+
+    _running = None  # the job being executed now: the beat thread keeps its heartbeat
+    _beat_thread = None
+
     def execute_job(self, job, queue):
-        stop = threading.Event()
-        beat = threading.Thread(target=self._beat, args=(job, stop), name="heartbeat", daemon=True)
-        beat.start()
+        if self._beat_thread is None:
+            self._beat_thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+            self._beat_thread.start()
+        self._running = job
         try:
             super().execute_job(job, queue)
         finally:
-            stop.set()
-            beat.join()
+            self._running = None
 
-    def _beat(self, job, stop: threading.Event) -> None:
-        while not stop.wait(HEARTBEAT_TTL / 3):
+    def _beat(self) -> None:
+        """One thread for the worker's life (a thread per job cost ~0.1 ms a job): every third of
+        HEARTBEAT_TTL it renews the heartbeat of the job running then. RQ's heartbeat only updates
+        what still exists (XX), so a beat that races with the job's end leaves nothing behind."""
+        while True:
+            time.sleep(HEARTBEAT_TTL / 3)
+            job = self._running
+            if job is None:
+                continue
             try:
                 self.maintain_heartbeats(job)
             except Exception as exc:  # the job may just have ended, or Redis blinked: the next beat tries again
