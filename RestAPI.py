@@ -174,21 +174,19 @@ def store_uploads(uploads, job_id: str) -> list[str]:
 
 
 def enqueue(default_action: str):
+    """Queue the job a request asks for: 202 with its jobId; or, with wait=S, the job's answer
+    (200, as GET /result gives) if it ends within S seconds - one request from submit to result."""
     values = request_values()
     action = choose_action(values, default_action)
     options = params.validate(action.params, values)
+    wait = params.validate(params.ResultQuery, values).wait
     job_id = jobs.new_job_id()
     images, is_batch, named = named_images(values, job_id)
     options.check_image_count(len(images))
     options = options.model_dump(exclude_none=True)
     redis = connection()
     refuse_when_queue_full(redis, action.queue)
-    if not action.per_image:
-        jobs.enqueue_whole(redis, action.queue, action.name, images, options, job_id, named)
-    elif is_batch:
-        jobs.enqueue_batch(redis, action.queue, action.name, images, options, job_id)
-    else:
-        jobs.enqueue_single(redis, action.queue, action.name, images[0], options, job_id)
+    job = start_job(redis, action, images, is_batch, options, job_id, named)
     g.job_id, g.action = job_id, action.name
     metrics.ENQUEUED.labels(action.name, "batch" if is_batch else "single").inc()
     metrics.IMAGES.labels(action.name).inc(len(images))
@@ -196,7 +194,22 @@ def enqueue(default_action: str):
     counted = f" ({len(images)} images)" if len(images) > 1 else ""
     body = {"jobId": job_id, "status": "queued", "action": action.name,
             "Result": f"{action.summary} of {named}{counted} queued; fetch the result at {location}."}
+    if wait:
+        jobs.wait(redis, job, wait)
+        status, answer = jobs.describe(redis, job)
+        if status == 200:
+            return jsonify(answer), 200, {"Location": location}
+        body["status"] = answer["status"]
     return jsonify(body), 202, {"Location": location}
+
+
+def start_job(redis, action: Action, images: list[str], is_batch: bool, options: dict, job_id: str, named: str):
+    """The job over the images: one job over all of them (a plot), a batch, or one image's job."""
+    if not action.per_image:
+        return jobs.enqueue_whole(redis, action.queue, action.name, images, options, job_id, named)
+    if is_batch:
+        return jobs.enqueue_batch(redis, action.queue, action.name, images, options, job_id)
+    return jobs.enqueue_single(redis, action.queue, action.name, images[0], options, job_id)
 
 
 class QueueFull(Exception):

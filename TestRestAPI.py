@@ -282,6 +282,40 @@ def test_wait_must_be_0_to_30(client, folder, images_root):
     assert answer.status_code == 400 and "wait" in answer.get_json()["error"]
 
 
+def test_submit_with_wait_answers_the_result_in_one_request(client, folder, images_root):
+    copy_sample(PHOTO, folder / "a.jpg")
+    answer = client.post("/imageapi", data={"action": "size", "imagePath": rel(folder / "a.jpg", images_root), "wait": "20"})
+    assert answer.status_code == 200, answer.get_json()
+    body = answer.get_json()
+    assert body["status"] == "finished" and body["result"]["format"] == "JPEG"
+    assert answer.headers["Location"] == f"/result/{body['jobId']}"
+    assert client.get(answer.headers["Location"]).get_json() == body  # the same answer GET /result gives
+
+
+def test_submit_with_wait_on_a_failing_image_answers_its_error(client, folder, images_root):
+    (folder / "bad.jpg").write_bytes(b"not an image")
+    answer = client.get(f"/imageapi?imagePath={rel(folder / 'bad.jpg', images_root)}&wait=20")
+    assert answer.status_code == 200 and answer.get_json()["status"] == "failed"
+    assert "bad.jpg" in answer.get_json()["error"]
+
+
+def test_submit_with_wait_that_runs_out_answers_202(client, folder, images_root):
+    """The test workers serve only the images queue, so a classify job stays queued: the wait runs out."""
+    copy_sample(PHOTO, folder / "a.jpg")
+    answer = client.post(f"/imageapi?action=classify&wait=0.3&imagePath={rel(folder / 'a.jpg', images_root)}")
+    assert answer.status_code == 202 and answer.get_json()["status"] == "queued"
+    queue("classify").remove(answer.get_json()["jobId"])
+
+
+@pytest.mark.parametrize("wait", ["31", "-1", "soon"])
+def test_submit_refuses_a_bad_wait_and_queues_nothing(client, folder, images_root, wait):
+    copy_sample(PHOTO, folder / "a.jpg")
+    before = queue("images").count
+    answer = client.post("/imageapi", data={"imagePath": rel(folder / "a.jpg", images_root), "wait": wait})
+    assert answer.status_code == 400 and "wait" in answer.get_json()["error"], answer.get_json()
+    assert queue("images").count <= before  # nothing was queued (workers may have taken older jobs meanwhile)
+
+
 def test_results_are_kept_result_ttl_seconds(client, folder, images_root):
     from config import settings
 

@@ -86,10 +86,14 @@ def fetch(redis: Redis, job_id: str) -> Job:
     try:
         job = Job.fetch(job_id, connection=redis, serializer=SERIALIZER)
     except (NoSuchJobError, ValueError):  # ValueError: not even a well-formed job id
-        raise JobNotFound(f"No job {job_id!r}: it never existed or its result expired (results are kept {settings.result_ttl} s).") from None
+        raise _gone(job_id) from None
     if job.meta.get("kind") not in ("single", "batch"):
         raise JobNotFound(f"No job {job_id!r}.")
     return job
+
+
+def _gone(job_id: str) -> JobNotFound:
+    return JobNotFound(f"No job {job_id!r}: it never existed or its result expired (results are kept {settings.result_ttl} s).")
 
 
 def wait(redis: Redis, job: Job, seconds: float) -> None:
@@ -100,16 +104,24 @@ def wait(redis: Redis, job: Job, seconds: float) -> None:
     the stream's start means an entry written before we began waiting is seen at once: it cannot be
     missed the way a pub/sub message sent while nobody listened can. The fallback, for an ending that
     writes no entry (a job cancelled or deleted by hand): the block is cut into slices of WAIT_SLICE
-    seconds and the job's status is read again between slices, so such an end is noticed within one slice.
+    seconds and the job is read again between slices, so such an end is noticed within one slice.
+
+    `job` must be fresh (just fetched or enqueued): its status is not read again before the first block,
+    and the job is re-read once after each block (its status and the meta an error sentence went to).
     """
     deadline = time.monotonic() + seconds
-    stream = f"rq:results:{job.id}"
-    while job.get_status(refresh=True) not in TERMINAL:
+    stream, seen = f"rq:results:{job.id}", "0-0"
+    while job.get_status(refresh=False) not in TERMINAL:
         left = deadline - time.monotonic()
         if left <= 0:
-            break
-        redis.xread({stream: "0-0"}, count=1, block=max(1, int(1000 * min(left, WAIT_SLICE))))
-    job.refresh()  # the meta (an error sentence) was written as the job ended
+            return
+        read = redis.xread({stream: seen}, count=1, block=max(1, int(1000 * min(left, WAIT_SLICE))))
+        if read:  # an ending, or a failed attempt that RQ retries (then the next read waits for a newer entry)
+            seen = read[0][1][-1][0]
+        try:
+            job.refresh()
+        except NoSuchJobError:  # deleted while we waited
+            raise _gone(job.id) from None
 
 
 def _iso(moment: datetime | None) -> str | None:

@@ -18,7 +18,7 @@ class Error(BaseModel):
 
 class Enqueued(BaseModel):
     jobId: str
-    status: Literal["queued"]
+    status: Literal["queued", "started"] = Field(description="started only when wait=S ran out while the job ran")
     action: str
     Result: str = Field(description="one human sentence")
 
@@ -112,7 +112,9 @@ def _enqueue_answers() -> dict:
     accepted = _json(Enqueued, "queued; the Location header points at the result")
     accepted["headers"] = {"Location": {"schema": {"type": "string"}, "description": "/result/<jobId>"}}
     accepted["links"] = links
-    return {"202": accepted}
+    ended = _json(JobAnswer, "with wait=S: the job ended within S seconds (the same answer as GET /result)")
+    ended["headers"] = accepted["headers"]
+    return {"200": ended, "202": accepted}
 
 
 def _result_answers() -> dict:

@@ -75,7 +75,11 @@ class BrowseQuery(_Params):
     path: str = Field(".", min_length=1, max_length=1024, description="a folder inside the images root; default: the root")
 
 
-class AnyActionParams(Source, ResizeParams, ClassifyParams):
+class ResultQuery(_Params):
+    wait: float = Field(0, ge=0, le=30, description="seconds to hold the answer until the job ends (then 200 with its result)")
+
+
+class AnyActionParams(Source, ResizeParams, ClassifyParams, ResultQuery):
     """Every parameter any action takes: checked on every request, so a malformed one is a 400 even
     where the chosen action would not read it."""
 
@@ -84,10 +88,6 @@ class AnyActionParams(Source, ResizeParams, ClassifyParams):
 
 class FileQuery(_Params):
     index: int | None = Field(None, ge=0, description="in a batch: the entry whose thumbnail to download")
-
-
-class ResultQuery(_Params):
-    wait: float = Field(0, ge=0, le=30, description="seconds to hold the request until the job ends")
 
 
 class InvalidParameter(ValueError):
