@@ -185,7 +185,6 @@ def enqueue(default_action: str):
     options.check_image_count(len(images))
     options = options.model_dump(exclude_none=True)
     redis = connection()
-    refuse_when_queue_full(redis, action.queue)
     job = start_job(redis, action, images, is_batch, options, job_id, named)
     g.job_id, g.action = job_id, action.name
     metrics.ENQUEUED.labels(action.name, "batch" if is_batch else "single").inc()
@@ -195,8 +194,7 @@ def enqueue(default_action: str):
     body = {"jobId": job_id, "status": "queued", "action": action.name,
             "Result": f"{action.summary} of {named}{counted} queued; fetch the result at {location}."}
     if wait:
-        jobs.wait(redis, job, wait)
-        status, answer = jobs.describe(redis, job)
+        status, answer = jobs.describe(redis, job, jobs.wait(redis, job, wait))
         if status == 200:
             return jsonify(answer), 200, {"Location": location}
         body["status"] = answer["status"]
@@ -210,16 +208,6 @@ def start_job(redis, action: Action, images: list[str], is_batch: bool, options:
     if is_batch:
         return jobs.enqueue_batch(redis, action.queue, action.name, images, options, job_id)
     return jobs.enqueue_single(redis, action.queue, action.name, images[0], options, job_id)
-
-
-class QueueFull(Exception):
-    """More jobs wait than MAX_QUEUE_DEPTH: new work is refused (429) rather than queued without bound."""
-
-
-def refuse_when_queue_full(redis, queue_name: str) -> None:
-    depth = queue(queue_name, redis).count
-    if depth >= settings.max_queue_depth:
-        raise QueueFull(f"The {queue_name} queue holds {depth} jobs, its limit (MAX_QUEUE_DEPTH); try again shortly.")
 
 
 # --- routes ----------------------------------------------------------------------------------------
@@ -246,9 +234,8 @@ def result(job_id: str | None = None):
     redis = connection()
     job = jobs.fetch(redis, job_id)
     g.job_id, g.action = job.id, job.meta.get("action")
-    if query.wait:
-        jobs.wait(redis, job, query.wait)
-    status, body = jobs.describe(redis, job)
+    read = jobs.wait(redis, job, query.wait) if query.wait else None
+    status, body = jobs.describe(redis, job, read)
     return jsonify(body), status
 
 
@@ -342,7 +329,7 @@ def not_found(exc):
     return error(404, str(exc))
 
 
-@app.errorhandler(QueueFull)
+@app.errorhandler(jobs.QueueFull)
 def queue_full(exc):
     return jsonify({"error": str(exc)}), 429, {"Retry-After": str(QUEUE_FULL_RETRY_AFTER)}
 

@@ -4,7 +4,9 @@ import logging
 import os
 import subprocess
 import sys
+import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from redis import Redis
@@ -13,16 +15,21 @@ from rq.serializers import JSONSerializer
 from rq.suspension import resume, suspend
 
 import RestAPI
+import jobs
 from TestRestAPI import jpeg_bytes, rel, result_of, submit
 from conftest import HERE, copy_sample, wait_for_workers
+from RedisConfig import queue
 from config import Settings, settings
+from worker import SUSPENSION_CHECK_EVERY
 
 
 @pytest.fixture
 def configured(monkeypatch):
     """Run the app with some settings changed (the process-wide settings are frozen)."""
     def configure(**changes):
-        monkeypatch.setattr(RestAPI, "settings", Settings(**{**settings.model_dump(), **changes}))  # no cached values carried over
+        changed = Settings(**{**settings.model_dump(), **changes})  # no cached values carried over
+        for module in (RestAPI, jobs):
+            monkeypatch.setattr(module, "settings", changed)
     return configure
 
 
@@ -88,6 +95,7 @@ def test_a_full_queue_answers_429_with_retry_after(client, configured, folder, i
     request = {"query_string": {"imagePath": rel(folder / "a.jpg", images_root)}}
     redis = Redis.from_url(redis_url)
     suspend(redis)  # the workers stop taking jobs (each may still take the one it is blocked waiting for)
+    time.sleep(SUSPENSION_CHECK_EVERY)  # a worker looks for `rq suspend` at most this often
     try:
         answers = [client.get("/imageapi", **request) for _ in range(6)]
     finally:
@@ -98,6 +106,31 @@ def test_a_full_queue_answers_429_with_retry_after(client, configured, folder, i
     assert "MAX_QUEUE_DEPTH" in refused[0].get_json()["error"]
     assert all(result_of(client, answer.get_json()["jobId"])["status"] == "finished" for answer in accepted)  # kept
 
+
+
+def test_concurrent_submits_never_push_a_queue_past_its_limit(client, configured, folder, images_root, redis_url):
+    """The depth is read in the enqueue's own transaction: 24 submits at once against a limit of 3 leave
+    at most 3 jobs waiting (the two workers may each hold one more), and every refused job is gone."""
+    copy_sample("castle_image.jpg", folder / "a.jpg")
+    configured(max_queue_depth=3)
+    request = {"query_string": {"imagePath": rel(folder / "a.jpg", images_root)}}
+    redis = Redis.from_url(redis_url)
+    jobs_before = set(redis.scan_iter("rq:job:*"))
+    suspend(redis)
+    time.sleep(SUSPENSION_CHECK_EVERY)
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda _: client.get("/imageapi", **request), range(24)))
+        waiting = queue("images").count
+    finally:
+        resume(redis)
+    accepted = [answer.get_json()["jobId"] for answer in answers if answer.status_code == 202]
+    refused = [answer for answer in answers if answer.status_code == 429]
+    assert len(accepted) + len(refused) == 24 and waiting <= 3 and len(accepted) <= 3 + 2
+    assert all("MAX_QUEUE_DEPTH" in answer.get_json()["error"] for answer in refused)
+    for job_id in accepted:
+        assert result_of(client, job_id)["status"] == "finished"
+    assert set(redis.scan_iter("rq:job:*")) - jobs_before == {f"rq:job:{job_id}".encode() for job_id in accepted}
 
 def test_too_many_uploads_or_folder_images_are_refused(client, configured, folder, images_root):
     for index in range(3):

@@ -85,6 +85,11 @@ def collect(redis: Redis, batch_id: str, images: list[str]) -> list[dict]:
     ]
 
 
+def discard(batch_id: str, pipeline) -> None:
+    """Delete the record of a batch that was refused before it started."""
+    pipeline.delete(*(_key(batch_id, part) for part in ("", "entries", "failed", "chunks")))
+
+
 def expire(redis: Redis, batch_id: str, seconds: int) -> None:
     """Let the working record go with the batch's result; kept till then so the batch job stays idempotent."""
     with redis.pipeline() as pipe:

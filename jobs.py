@@ -13,6 +13,7 @@ from redis import Redis
 from rq import Callback, Queue, Retry, Worker
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
+from rq.results import Result
 
 import batches
 from RedisConfig import SERIALIZER, queue
@@ -38,16 +39,49 @@ def _options(job_id: str, action: str, kind: str, **meta) -> dict:
     }
 
 
+class QueueFull(Exception):
+    """More jobs wait than MAX_QUEUE_DEPTH: new work is refused (429) rather than queued without bound."""
+
+
 def enqueue_single(redis: Redis, queue_name: str, action: str, image: str, params: dict, job_id: str) -> Job:
-    q = queue(queue_name, redis)
-    return q.enqueue_job(q.create_job("tasks.run_single", args=(action, image, params), **_options(job_id, action, "single")))
+    return _enqueue_one(redis, queue_name, "tasks.run_single", (action, image, params), _options(job_id, action, "single"))
 
 
 def enqueue_whole(redis: Redis, queue_name: str, action: str, images: list[str], params: dict, job_id: str, named: str) -> Job:
     """One job over all the images at once (a plot of a folder): its result is about them together."""
+    return _enqueue_one(redis, queue_name, "tasks.run_whole", (action, images, params, named),
+                        _options(job_id, action, "single", total=len(images)))
+
+
+def _enqueue_one(redis: Redis, queue_name: str, func: str, args: tuple, options: dict) -> Job:
     q = queue(queue_name, redis)
-    return q.enqueue_job(q.create_job("tasks.run_whole", args=(action, images, params, named),
-                                      **_options(job_id, action, "single", total=len(images))))
+    job = q.create_job(func, args=args, **options)
+    with redis.pipeline() as pipe:
+        q.enqueue_job(job, pipeline=pipe)
+        _commit_unless_full(pipe, q, [job])
+    return job
+
+
+def _commit_unless_full(pipe, q: Queue, queued: list[Job], batch_job: Job | None = None) -> None:
+    """Run the enqueue transaction with the queue's length read inside it. If the queue already held
+    MAX_QUEUE_DEPTH jobs before the `queued` ones, take them (and the batch's job and record) back out
+    and raise QueueFull.
+
+    Reading the length in the same transaction as the push makes the limit exact under concurrent
+    submits (a read before the push let a burst overshoot it), and costs no extra round trip.
+    """
+    pipe.llen(q.key)
+    depth = pipe.execute()[-1] - len(queued)
+    if depth < settings.max_queue_depth:
+        return
+    with q.connection.pipeline() as undo:
+        for job in queued:
+            job.delete(pipeline=undo)
+        if batch_job is not None:
+            batch_job.delete(pipeline=undo)
+            batches.discard(batch_job.id, pipeline=undo)
+        undo.execute()
+    raise QueueFull(f"The {q.name} queue holds {depth} jobs, its limit (MAX_QUEUE_DEPTH); try again shortly.")
 
 
 def chunk_size(total: int, workers: int) -> int:
@@ -72,8 +106,8 @@ def enqueue_batch(redis: Redis, queue_name: str, action: str, images: list[str],
     with redis.pipeline() as pipe:
         batches.create(redis, job_id, total=len(images), chunks=len(chunks), pipeline=pipe)
         batch_job.save(pipeline=pipe)
-        q.enqueue_many(chunks, pipeline=pipe)
-        pipe.execute()
+        chunk_jobs = q.enqueue_many(chunks, pipeline=pipe)
+        _commit_unless_full(pipe, q, chunk_jobs, batch_job)
     return batch_job
 
 
@@ -96,7 +130,7 @@ def _gone(job_id: str) -> JobNotFound:
     return JobNotFound(f"No job {job_id!r}: it never existed or its result expired (results are kept {settings.result_ttl} s).")
 
 
-def wait(redis: Redis, job: Job, seconds: float) -> None:
+def wait(redis: Redis, job: Job, seconds: float) -> Result | None:
     """Hold until the job ends or `seconds` pass, woken by Redis itself, not by polling.
 
     A job's end appends an entry to its result stream rq:results:<id> (RQ writes it in the same
@@ -108,30 +142,36 @@ def wait(redis: Redis, job: Job, seconds: float) -> None:
 
     `job` must be fresh (just fetched or enqueued): its status is not read again before the first block,
     and the job is re-read once after each block (its status and the meta an error sentence went to).
+    Returns the last result entry read, if any, for `describe`, which then need not read it again.
     """
     deadline = time.monotonic() + seconds
-    stream, seen = f"rq:results:{job.id}", "0-0"
+    stream, seen, result = f"rq:results:{job.id}", "0-0", None
     while job.get_status(refresh=False) not in TERMINAL:
         left = deadline - time.monotonic()
         if left <= 0:
-            return
+            break
         read = redis.xread({stream: seen}, count=1, block=max(1, int(1000 * min(left, WAIT_SLICE))))
         if read:  # an ending, or a failed attempt that RQ retries (then the next read waits for a newer entry)
-            seen = read[0][1][-1][0]
+            seen, payload = read[0][1][-1]
+            result = Result.restore(job.id, seen.decode(), payload, connection=redis, serializer=SERIALIZER)
         try:
             job.refresh()
         except NoSuchJobError:  # deleted while we waited
             raise _gone(job.id) from None
+    return result
 
 
 def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat().replace("+00:00", "Z") if moment else None
 
 
-def describe(redis: Redis, job: Job) -> tuple[int, dict]:
-    """The HTTP status and body that answer for a job: 200 once it ended, 202 while it runs."""
+def describe(redis: Redis, job: Job, read: Result | None = None) -> tuple[int, dict]:
+    """The HTTP status and body that answer for a job: 200 once it ended, 202 while it runs.
+    `read`: the job's result entry that `wait` read, if any (an ending's saves reading it again)."""
     status = job.get_status(refresh=False)
-    ended = job.latest_result() if status in TERMINAL else None
+    ended = None
+    if status in TERMINAL:
+        ended = read if read is not None and read.type != Result.Type.RETRIED else job.latest_result()
     is_batch = job.meta.get("kind") == "batch"
     batch_started = batches.started_at(redis, job.id) if is_batch else None
     body = {"jobId": job.id, "action": job.meta.get("action"), "status": _public_status(is_batch, batch_started, status),

@@ -1,6 +1,6 @@
 """What one job costs: RQ's own per-job time, and submit-to-result latency of `size` jobs through the API.
 
-    python bench/job_overhead.py [--jobs 1000] [--requests 300] [--concurrency 8] [--throughput-jobs 400]
+    python bench/job_overhead.py [--jobs 1000] [--requests 300] [--concurrency 8] [--seconds 20]
                                  [--service-workers 2] [--bare-workers 1] [--no-fork]
 
 1. RQ per job. A private redis-server (embedded_redis.start on a free port, appendonly off) gets
@@ -11,8 +11,8 @@
    temporary images root; after 20 warm-up rounds, --requests sequential rounds, each way a client can
    get a result: two requests (POST /imageapi?action=size with imagePath=the JPEG, then
    GET /result/<id>?wait=5) and one (the same POST with wait=5); p50/p95/p99 of the time from sending
-   the POST to having the result. Then throughput: --throughput-jobs such rounds from --concurrency
-   client threads, jobs/s. The targets are read off the one-request round, the like of bare RQ's.
+   the POST to having the result. Then throughput: such rounds from --concurrency client threads
+   for --seconds, jobs/s. The targets are read off the one-request round, the like of bare RQ's.
 3. The bare baseline: a second private redis-server (AOF on, like run.py's) and `python worker.py
    images` (--bare-workers processes) with REDIS_URL pointing at it; the same rounds as
    queue.enqueue("tasks.run_single", "size", image, {}) + job.latest_result(timeout=5), no HTTP.
@@ -79,23 +79,22 @@ def latencies(one_round, count: int) -> list[float]:
     return times
 
 
-def throughput(make_round, jobs: int, threads: int, deadline_s: float = 60) -> float:
-    """Jobs per second when `threads` clients run rounds back to back until `jobs` rounds are done."""
-    left = [jobs]
+def throughput(make_round, seconds: float, threads: int) -> float:
+    """Jobs per second when `threads` clients run rounds back to back for `seconds` (rounds under way at the
+    end are finished and counted, and the time they took with them)."""
+    done = [0]
     lock = threading.Lock()
     errors = []
-    deadline = time.monotonic() + deadline_s
+    stop_at = time.monotonic() + seconds
 
     def client():
         try:
             one_round, close = make_round()
             try:
-                while time.monotonic() < deadline:
-                    with lock:
-                        if left[0] <= 0:
-                            return
-                        left[0] -= 1
+                while time.monotonic() < stop_at:
                     one_round()
+                    with lock:
+                        done[0] += 1
             finally:
                 close()
         except Exception as exc:  # reported below; one failing client must not hang the others
@@ -106,18 +105,18 @@ def throughput(make_round, jobs: int, threads: int, deadline_s: float = 60) -> f
     for thread in workers:
         thread.start()
     for thread in workers:
-        thread.join(deadline_s + 30)
+        thread.join(seconds + 60)
     elapsed = time.perf_counter() - started
     if errors:
         raise RuntimeError(f"{len(errors)} client threads failed, the first with: {errors[0]!r}")
-    if left[0] > 0:
-        raise TimeoutError(f"{left[0]} of {jobs} rounds were not done within {deadline_s:.0f} s")
-    return jobs / elapsed
+    if any(thread.is_alive() for thread in workers):
+        raise TimeoutError(f"client threads were still running {seconds + 60:.0f} s after the start")
+    return done[0] / elapsed
 
 
 # --- 2. the service ---------------------------------------------------------------------------------------
 
-def service_rounds(tmp: Path, images: Path, workers: int, requests: int, concurrency: int, jobs: int) -> dict:
+def service_rounds(tmp: Path, images: Path, workers: int, requests: int, concurrency: int, seconds: float) -> dict:
     """Both ways a client gets a result: two requests (POST, then GET /result?wait=5) and one (POST ...&wait=5)."""
     figures = {}
     with service(tmp / "work", images, tmp / "logs", workers) as running:
@@ -152,14 +151,14 @@ def service_rounds(tmp: Path, images: Path, workers: int, requests: int, concurr
                 del values[:WARMUP]
             log(f"service, {way} request(s) a round: {requests} sequential rounds, p50 {percentile(times, 50):.1f} ms; "
                 f"throughput with {concurrency} clients")
-            rate = throughput(make_round, jobs, concurrency)
+            rate = throughput(make_round, seconds, concurrency)
             figures[way] = {"times": times, "rate": rate, **{k: statistics.median(v) if v else None for k, v in stages.items()}}
     return figures
 
 
 # --- 3. bare RQ, same job function, no HTTP --------------------------------------------------------------
 
-def bare_rounds(tmp: Path, images: Path, workers: int, requests: int, concurrency: int, jobs: int) -> dict:
+def bare_rounds(tmp: Path, images: Path, workers: int, requests: int, concurrency: int, seconds: float) -> dict:
     with own_redis(tmp / "redis-bare", appendonly=True) as url:
         env = {**os.environ, "REDIS_URL": url, "IMAGES_DIR": str(images), "LOGS_DIR": str(tmp / "logs-bare")}
         processes = [subprocess.Popen([sys.executable, "worker.py", "images"], cwd=ROOT, env=env,
@@ -185,7 +184,7 @@ def bare_rounds(tmp: Path, images: Path, workers: int, requests: int, concurrenc
             one_round, _ = make_round()
             times = latencies(one_round, requests)
             log(f"bare RQ: {requests} sequential rounds, p50 {percentile(times, 50):.1f} ms; throughput with {concurrency} clients")
-            rate = throughput(make_round, jobs, concurrency)
+            rate = throughput(make_round, seconds, concurrency)
             redis.close()
         finally:
             for process in processes:
@@ -198,13 +197,13 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=1000, help="no-op jobs per worker kind (default 1000)")
     parser.add_argument("--requests", type=int, default=300, help="sequential size rounds (default 300)")
     parser.add_argument("--concurrency", type=int, default=8, help="client threads of the throughput run (default 8)")
-    parser.add_argument("--throughput-jobs", type=int, default=400, help="size rounds of the throughput run (default 400)")
+    parser.add_argument("--seconds", type=float, default=20, help="length of each throughput run (default 20)")
     parser.add_argument("--service-workers", type=int, default=2, help="run.py --workers (default 2)")
     parser.add_argument("--bare-workers", type=int, default=1, help="worker.py processes of the bare baseline (default 1)")
     parser.add_argument("--no-fork", action="store_true", help="skip the forking rq.Worker")
     args = parser.parse_args(argv)
     if not (1 <= args.jobs <= 20000 and 1 <= args.requests <= 5000 and 1 <= args.concurrency <= 64
-            and 1 <= args.throughput_jobs <= 20000 and args.service_workers >= 1 and args.bare_workers >= 1):
+            and 1 <= args.seconds <= 600 and args.service_workers >= 1 and args.bare_workers >= 1):
         parser.error("an option is out of range")
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-jobs-"))
@@ -219,9 +218,9 @@ def main(argv=None) -> int:
             fork = None if args.no_fork else burst(url, "bench-fork", "fork", args.jobs)
 
         log(f"service: run.py with {args.service_workers} workers")
-        svc = service_rounds(tmp, images, args.service_workers, args.requests, args.concurrency, args.throughput_jobs)
+        svc = service_rounds(tmp, images, args.service_workers, args.requests, args.concurrency, args.seconds)
         log(f"bare RQ: own redis + {args.bare_workers} worker.py")
-        bare = bare_rounds(tmp, images, args.bare_workers, args.requests, args.concurrency, args.throughput_jobs)
+        bare = bare_rounds(tmp, images, args.bare_workers, args.requests, args.concurrency, args.seconds)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -229,7 +228,7 @@ def main(argv=None) -> int:
     runs = (("service", one), ("service_two", two), ("bare", bare))
     p = {name: {q: percentile(run["times"], q) for q in (50, 95, 99)} for name, run in runs}
     figures = {
-        "jobs": args.jobs, "requests": args.requests, "concurrency": args.concurrency, "throughput_jobs": args.throughput_jobs,
+        "jobs": args.jobs, "requests": args.requests, "concurrency": args.concurrency, "throughput_seconds": args.seconds,
         "service_workers": args.service_workers, "bare_workers": args.bare_workers,
         "simple_ms_per_job": simple["ms_per_job"], "fork_ms_per_job": fork and fork["ms_per_job"],
         "fork_over_simple": fork and fork["ms_per_job"] / simple["ms_per_job"],
