@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+import embedded_redis
+
 ROOT = Path(__file__).resolve().parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
@@ -279,6 +281,7 @@ def test_redis_persists_with_aof_and_requires_a_password():
     options = dict(zip(argv[1::2], argv[2::2]))
     assert options.get("--appendonly") == "yes"
     assert options.get("--appendfsync") == "everysec"
+    assert options.get("--stream-node-max-bytes") == str(embedded_redis.STREAM_NODE_MAX_BYTES)  # as run.py's Redis
     assert re.fullmatch(r"\$\{REDIS_PASSWORD:\?[^}]+\}", options.get("--requirepass", "")), argv
 
 

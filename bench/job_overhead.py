@@ -67,15 +67,16 @@ def burst(url: str, queue_name: str, kind: str, jobs: int) -> dict:
 
 # --- rounds: latency and throughput ----------------------------------------------------------------
 
-def latencies(one_round, count: int) -> list[float]:
-    """ms of `count` sequential rounds, after WARMUP rounds that are not counted."""
-    for _ in range(WARMUP):
-        one_round()
-    times = []
-    for _ in range(count):
-        started = time.perf_counter()
-        one_round()
-        times.append(1000 * (time.perf_counter() - started))
+def latencies(rounds: dict, count: int) -> dict:
+    """ms of `count` sequential rounds of each kind in `rounds` (name -> one_round), the kinds taking turns so
+    that each meets the same machine and the same Redis, after WARMUP rounds of each that are not counted."""
+    times = {name: [] for name in rounds}
+    for number in range(WARMUP + count):
+        for name, one_round in rounds.items():
+            started = time.perf_counter()
+            one_round()
+            if number >= WARMUP:
+                times[name].append(1000 * (time.perf_counter() - started))
     return times
 
 
@@ -116,43 +117,47 @@ def throughput(make_round, seconds: float, threads: int) -> float:
 
 # --- 2. the service ---------------------------------------------------------------------------------------
 
+WAYS = ("one", "two")  # requests a round: POST ...&wait=5; or POST, then GET /result?wait=5
+
+
 def service_rounds(tmp: Path, images: Path, workers: int, requests: int, concurrency: int, seconds: float) -> dict:
-    """Both ways a client gets a result: two requests (POST, then GET /result?wait=5) and one (POST ...&wait=5)."""
-    figures = {}
+    """Both ways a client gets a result. The sequential rounds of the two ways alternate, so both meet the
+    same machine and the same Redis; then each way's throughput run."""
     with service(tmp / "work", images, tmp / "logs", workers) as running:
-        for way in ("two", "one"):
-            stages = {"post": [], "queued": [], "ran": [], "after": []}
+        stages = {way: {"post": [], "queued": [], "ran": [], "after": []} for way in WAYS}
 
-            def make_round(record: bool = False):
-                client = Client(running.port, timeout=15)
+        def make_round(way: str, record: bool = False):
+            client = Client(running.port, timeout=15)
 
-                def one_round():
-                    wall, started = time.time(), time.perf_counter()
-                    fields = {"imagePath": IMAGE, **({"wait": "5"} if way == "one" else {})}
-                    status, answer = post_form(client, "/imageapi?action=size", fields)
-                    posted = time.perf_counter()
-                    if way == "two":
-                        if status != 202:
-                            raise RuntimeError(f"POST answered {status}: {answer}")
-                        status, answer = client.request("GET", f"/result/{answer['jobId']}?wait=5")
-                    done = time.perf_counter()
-                    if status != 200 or answer.get("status") != "finished":
-                        raise RuntimeError(f"the {way}-request round answered {status}: {answer}")
-                    if record:
-                        record_stages(stages, answer, wall, started, posted, done)
-                return one_round, client.close
+            def one_round():
+                wall, started = time.time(), time.perf_counter()
+                fields = {"imagePath": IMAGE, **({"wait": "5"} if way == "one" else {})}
+                status, answer = post_form(client, "/imageapi?action=size", fields)
+                posted = time.perf_counter()
+                if way == "two":
+                    if status != 202:
+                        raise RuntimeError(f"POST answered {status}: {answer}")
+                    status, answer = client.request("GET", f"/result/{answer['jobId']}?wait=5")
+                done = time.perf_counter()
+                if status != 200 or answer.get("status") != "finished":
+                    raise RuntimeError(f"the {way}-request round answered {status}: {answer}")
+                if record:
+                    record_stages(stages[way], answer, wall, started, posted, done)
+            return one_round, client.close
 
-            one_round, close = make_round(record=True)
-            try:
-                times = latencies(one_round, requests)
-            finally:
+        rounds = {way: make_round(way, record=True) for way in WAYS}
+        try:
+            times = latencies({way: one_round for way, (one_round, _) in rounds.items()}, requests)
+        finally:
+            for _, close in rounds.values():
                 close()
-            for values in stages.values():
-                del values[:WARMUP]
-            log(f"service, {way} request(s) a round: {requests} sequential rounds, p50 {percentile(times, 50):.1f} ms; "
+        figures = {}
+        for way in WAYS:
+            log(f"service, {way} request(s) a round: {requests} sequential rounds, p50 {percentile(times[way], 50):.1f} ms; "
                 f"throughput with {concurrency} clients")
-            rate = throughput(make_round, seconds, concurrency)
-            figures[way] = {"times": times, "rate": rate, **{k: statistics.median(v) if v else None for k, v in stages.items()}}
+            rate = throughput(lambda: make_round(way), seconds, concurrency)
+            counted = {k: v[WARMUP:] for k, v in stages[way].items()}
+            figures[way] = {"times": times[way], "rate": rate, **{k: statistics.median(v) if v else None for k, v in counted.items()}}
     return figures
 
 
@@ -182,7 +187,7 @@ def bare_rounds(tmp: Path, images: Path, workers: int, requests: int, concurrenc
                 return one_round, lambda: None
 
             one_round, _ = make_round()
-            times = latencies(one_round, requests)
+            times = latencies({"bare": one_round}, requests)["bare"]
             log(f"bare RQ: {requests} sequential rounds, p50 {percentile(times, 50):.1f} ms; throughput with {concurrency} clients")
             rate = throughput(make_round, seconds, concurrency)
             redis.close()

@@ -1,7 +1,7 @@
 """Reliability under load: many clients submit small jobs and check every result, for a bounded time.
 
-    python bench/stress.py [--clients 64] [--seconds 60] [--workers 2] [--grace 30] [--job-timeout 60]
-                           [--wait 10] [--no-classifier]
+    python bench/stress.py [--clients 64] [--seconds 60] [--warm-up 60] [--workers 2] [--grace 30]
+                           [--job-timeout 60] [--wait 10] [--no-classifier]
 
 The service is `python run.py --port <free> --workers <--workers>` (with its classify worker, idle
 here, unless --no-classifier) in a temporary working folder, with a temporary images root holding
@@ -16,9 +16,14 @@ and every width/height (and format) as expected. A job is given up on at the ear
 submit + --job-timeout and the end of the run + --grace; once every thread is joined, each job given
 up on is looked up once more: ended since (late) or not (lost). Every HTTP request is counted once,
 as ok or as an error of its kind: the HTTP status, the exception class, or a wrong result.
+Before the measured run, the same clients run for --warm-up seconds: a process's memory grows while it
+first meets the load (gunicorn starts its threads as requests come, each thread gets its own malloc
+arena, the first requests import and cache); that growth is not a leak, and the run is measured from
+after it. Its requests and jobs are counted and checked the same way, and reported apart.
 It reports requests, errors by kind, lost jobs, p50/p99 submit-to-result, jobs/s, the RSS of every
-process of the service at start (after the warm-up) and at the end with growth %, processes that
-exited (run.py restarts dead workers), and the ERROR/WARNING lines the service logged.
+process of the service cold (after the sequential warm-up), at the start of the measured run (after the
+warm-up load) and at the end, with growth % from that start, processes that exited (run.py restarts
+dead workers), and the ERROR/WARNING lines the service logged.
 run.py is stopped with SIGINT at the end, whatever happens.
 """
 import argparse
@@ -217,10 +222,34 @@ def logged_problems(logs: Path) -> Counter:
     return found
 
 
+def drive(base: str, args, seconds: float, tallies: list[Tally], sampler: RssSampler | None = None) -> tuple[float, list[str]]:
+    """One client thread per tally, submitting for `seconds`; joined. (Elapsed s, the threads still alive at the deadline.)"""
+    began = time.monotonic()
+    end = began + seconds
+    threads = [threading.Thread(target=client_loop, name=f"client-{i}",
+                                args=(i, base, end, args.grace, args.job_timeout, args.wait, tally))
+               for i, tally in enumerate(tallies)]
+    for thread in threads:
+        thread.start()
+    join_deadline = end + args.grace + args.job_timeout + 2 * HTTP_TIMEOUT + 30
+    last_note = time.monotonic()
+    for thread in threads:
+        while thread.is_alive() and time.monotonic() < join_deadline:
+            thread.join(5)
+            if sampler is not None and time.monotonic() - last_note >= 60:
+                last_note = time.monotonic()
+                done = sum(sum(t.jobs.values()) for t in tallies)
+                log(f"  {last_note - began:.0f} s: {done} jobs ended, {sum(t.sent for t in tallies)} requests, "
+                    f"{sum(sum(t.errors.values()) for t in tallies)} errors; "
+                    + ", ".join(f"{k} {v:.0f}" for k, v in sampler.samples[-1][1].items()))
+    return time.monotonic() - began, [thread.name for thread in threads if thread.is_alive()]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=64, help="concurrent clients (default 64)")
     parser.add_argument("--seconds", type=float, default=60, help="seconds the clients submit for (default 60)")
+    parser.add_argument("--warm-up", type=float, default=60, help="seconds of the same load before the measured run (default 60)")
     parser.add_argument("--workers", type=int, default=2, help="run.py --workers (default 2)")
     parser.add_argument("--grace", type=float, default=30, help="seconds after the end a job may still end (default 30)")
     parser.add_argument("--job-timeout", type=float, default=60, help="seconds a client waits for one job (default 60)")
@@ -228,7 +257,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-classifier", action="store_true", help="run the service without its classify worker")
     args = parser.parse_args(argv)
     if not (1 <= args.clients <= 512 and 1 <= args.seconds <= 3600 and args.workers >= 1 and 0 <= args.grace <= 600
-            and 1 <= args.job_timeout <= 600 and 1 <= args.wait <= 30):
+            and 1 <= args.job_timeout <= 600 and 1 <= args.wait <= 30 and 0 <= args.warm_up <= 3600):
         parser.error("an option is out of range")
 
     load_start = os.getloadavg()[0]
@@ -242,6 +271,13 @@ def main(argv=None) -> int:
             base = f"http://127.0.0.1:{running.port}"
             processes = Processes(running.process.pid)
             warm_up(base)
+            cold_rss = processes.rss()
+            warm_tallies = [Tally() for _ in range(args.clients)]
+            warm_hung = []
+            if args.warm_up:
+                log(f"warm-up load: {args.clients} clients for {args.warm_up:g} s; RSS cold: "
+                    + ", ".join(f"{k} {v:.0f} MB" for k, v in cold_rss.items()))
+                _, warm_hung = drive(base, args, args.warm_up, warm_tallies)
             tallies = [Tally() for _ in range(args.clients)]
             with RssSampler(processes, interval=2.0) as sampler:
                 start_rss = sampler.sample()
@@ -251,26 +287,8 @@ def main(argv=None) -> int:
                 gauge.start()
                 log(f"{args.clients} clients for {args.seconds:g} s (+{args.grace:g} s grace); RSS at start: "
                     + ", ".join(f"{k} {v:.0f} MB" for k, v in start_rss.items()))
-                began = time.monotonic()
-                end = began + args.seconds
-                threads = [threading.Thread(target=client_loop, name=f"client-{i}",
-                                            args=(i, base, end, args.grace, args.job_timeout, args.wait, tallies[i]))
-                           for i in range(args.clients)]
-                for thread in threads:
-                    thread.start()
-                join_deadline = end + args.grace + args.job_timeout + 2 * HTTP_TIMEOUT + 30
-                last_note = time.monotonic()
-                for thread in threads:
-                    while thread.is_alive() and time.monotonic() < join_deadline:
-                        thread.join(5)
-                        if time.monotonic() - last_note >= 60:
-                            last_note = time.monotonic()
-                            done = sum(sum(t.jobs.values()) for t in tallies)
-                            log(f"  {last_note - began:.0f} s: {done} jobs ended, {sum(t.sent for t in tallies)} requests, "
-                                f"{sum(sum(t.errors.values()) for t in tallies)} errors; "
-                                + ", ".join(f"{k} {v:.0f}" for k, v in sampler.samples[-1][1].items()))
-                elapsed = time.monotonic() - began
-                hung = [thread.name for thread in threads if thread.is_alive()]
+                elapsed, hung = drive(base, args, args.seconds, tallies, sampler)
+                hung += warm_hung
                 end_rss = sampler.sample()
                 cpu = cpu_delta(cpu_start, cpu_usage(processes))
                 stop_gauge.set()
@@ -279,7 +297,7 @@ def main(argv=None) -> int:
             # Each job a client gave up on, looked up once more: ended late, or lost.
             late, lost = Counter(), Counter()
             with requests.Session() as session:
-                for tally in tallies:
+                for tally in tallies + warm_tallies:
                     for job_id, kind in tally.given_up:
                         try:
                             answer = session.get(f"{base}/result/{job_id}", timeout=HTTP_TIMEOUT)
@@ -301,7 +319,10 @@ def main(argv=None) -> int:
         for kind, text in tally.examples.items():
             examples.setdefault(kind, text)
     submitted = sum(t.submitted for t in tallies)
-    accounted = sum(outcomes.values()) == sent and sum(jobs.values()) == submitted and not hung
+    warm = {"requests": sum(t.sent for t in warm_tallies), "errors": dict(sum((t.errors for t in warm_tallies), Counter())),
+            "jobs_submitted": sum(t.submitted for t in warm_tallies), "jobs": dict(sum((t.jobs for t in warm_tallies), Counter()))}
+    warm_accounted = all(sum(t.outcomes.values()) == t.sent and sum(t.jobs.values()) == t.submitted for t in warm_tallies)
+    accounted = sum(outcomes.values()) == sent and sum(jobs.values()) == submitted and not hung and warm_accounted
     latency = {kind: sum((t.latency[kind] for t in tallies), []) for kind in ("single", "batch")}
     every = latency["single"] + latency["batch"]
     lost_total, late_total = sum(lost.values()), sum(late.values())
@@ -328,7 +349,7 @@ def main(argv=None) -> int:
         **{f"{kind}_p{q}_ms": percentile(values, q) for kind, values in latency.items() for q in (50, 99)},
         **{f"{kind}_jobs": len(values) for kind, values in latency.items()},
         "p50_ms": percentile(every, 50), "p99_ms": percentile(every, 99), "max_ms": max(every, default=None),
-        "rss_mb_start": start_rss, "rss_mb_end": end_rss, "rss_mb_peak": sampler.peak, "rss_growth_pct": rss_growth,
+        "warm_up_s": args.warm_up, "warm_up": warm, "rss_mb_cold": cold_rss, "rss_mb_start": start_rss, "rss_mb_end": end_rss, "rss_mb_peak": sampler.peak, "rss_growth_pct": rss_growth,
         "processes_gone": gone, "worker_restarts": restarts, "run_py_notable_lines": notable[:50],
         "logged_problems": dict(problems.most_common(30)), "loadavg_1m_at_start": load_start,
         "cpu_s": {k: v[0] for k, v in cpu.items()}, "cpu_wait_s": {k: v[1] for k, v in cpu.items()},
@@ -338,6 +359,8 @@ def main(argv=None) -> int:
         "images_queue_depth_max": max(depths, default=None),
     }
     rows = [
+        (f"warm-up ({args.warm_up:g} s, not measured): requests; baseline: errors", warm["requests"], sum(warm["errors"].values()), None),
+        ("warm-up: jobs correct; baseline: jobs submitted", warm["jobs"].get("correct", 0), warm["jobs_submitted"], ...),
         (f"requests ({args.clients} clients, {args.seconds:g} s; all accounted for: {'yes' if accounted else 'NO'})", sent, None, None),
         ("requests answered 200/202", outcomes["ok"], sent, ...),
         ("errors, all kinds (requests' and jobs')", sum(errors.values()), None, None),
@@ -367,7 +390,8 @@ def main(argv=None) -> int:
     ]
     for label in start_rss:
         if label in end_rss:
-            rows.append((f"RSS {label}: end vs start, MB ({rss_growth[label]:+.1f}%)", end_rss[label], start_rss[label], ...))
+            rows.append((f"RSS {label}: end vs start, MB ({rss_growth[label]:+.1f}%; cold {cold_rss.get(label, 0):.0f})",
+                         end_rss[label], start_rss[label], ...))
     rows += [
         ("processes that exited during the run (run.py restarts workers)", len(gone), None, None),
         ("ERROR/WARNING/CRITICAL lines the service logged", sum(problems.values()), None, None),
