@@ -369,6 +369,14 @@ def cpu_delta(before: dict, after: dict) -> dict[str, tuple[float, float | None]
             for label in after if label in before and after[label][0] >= before[label][0]}
 
 
+def cpu_ms_per_job(cpu: dict, jobs: int) -> dict[str, float]:
+    """CPU ms per job of each kind of process (the image workers summed), from a cpu_delta over `jobs` jobs."""
+    groups = {"image workers (summed)": [k for k in cpu if k.startswith("image worker")],
+              "api (master + workers)": ["api (master + workers)"], "redis-server": ["redis-server"],
+              "classifier": [k for k in cpu if k.startswith("classifier")], "bench client": ["bench client"]}
+    return {group: 1000 * sum(cpu[k][0] for k in labels if k in cpu) / max(jobs, 1) for group, labels in groups.items()}
+
+
 class RssSampler:
     """A thread that records Processes.rss() every `interval` seconds: the peak of each label, and the
     samples themselves (at most max_samples, then every other one is dropped)."""

@@ -37,7 +37,8 @@ from rq.results import Result
 from rq.serializers import JSONSerializer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import record_stages, BENCH, ROOT, Client, log, own_redis, percentile, post_form, report, service, stop_process  # noqa: E402
+from _common import (BENCH, ROOT, Client, Processes, cpu_delta, cpu_ms_per_job, cpu_usage, log, own_redis, percentile,
+                     post_form, record_stages, report, service, stop_process)  # noqa: E402
 
 TARGET_P50_MS = 5.0
 TARGET_JOBS_PER_S = 500.0
@@ -80,9 +81,9 @@ def latencies(rounds: dict, count: int) -> dict:
     return times
 
 
-def throughput(make_round, seconds: float, threads: int) -> float:
-    """Jobs per second when `threads` clients run rounds back to back for `seconds` (rounds under way at the
-    end are finished and counted, and the time they took with them)."""
+def throughput(make_round, seconds: float, threads: int) -> tuple[float, int]:
+    """(jobs per second, rounds) when `threads` clients run rounds back to back for `seconds` (rounds under
+    way at the end are finished and counted, and the time they took with them)."""
     done = [0]
     lock = threading.Lock()
     errors = []
@@ -112,7 +113,7 @@ def throughput(make_round, seconds: float, threads: int) -> float:
         raise RuntimeError(f"{len(errors)} client threads failed, the first with: {errors[0]!r}")
     if any(thread.is_alive() for thread in workers):
         raise TimeoutError(f"client threads were still running {seconds + 60:.0f} s after the start")
-    return done[0] / elapsed
+    return done[0] / elapsed, done[0]
 
 
 # --- 2. the service ---------------------------------------------------------------------------------------
@@ -155,9 +156,13 @@ def service_rounds(tmp: Path, images: Path, workers: int, requests: int, concurr
         for way in WAYS:
             log(f"service, {way} request(s) a round: {requests} sequential rounds, p50 {percentile(times[way], 50):.1f} ms; "
                 f"throughput with {concurrency} clients")
-            rate = throughput(lambda: make_round(way), seconds, concurrency)
+            processes = Processes(running.process.pid)
+            before = cpu_usage(processes)
+            rate, rounds = throughput(lambda: make_round(way), seconds, concurrency)
+            cpu = cpu_ms_per_job(cpu_delta(before, cpu_usage(processes)), rounds)
             counted = {k: v[WARMUP:] for k, v in stages[way].items()}
-            figures[way] = {"times": times[way], "rate": rate, **{k: statistics.median(v) if v else None for k, v in counted.items()}}
+            figures[way] = {"times": times[way], "rate": rate, "cpu_ms_per_job": cpu,
+                            **{k: statistics.median(v) if v else None for k, v in counted.items()}}
     return figures
 
 
@@ -189,7 +194,7 @@ def bare_rounds(tmp: Path, images: Path, workers: int, requests: int, concurrenc
             one_round, _ = make_round()
             times = latencies({"bare": one_round}, requests)["bare"]
             log(f"bare RQ: {requests} sequential rounds, p50 {percentile(times, 50):.1f} ms; throughput with {concurrency} clients")
-            rate = throughput(make_round, seconds, concurrency)
+            rate, _ = throughput(make_round, seconds, concurrency)
             redis.close()
         finally:
             for process in processes:
@@ -230,6 +235,8 @@ def main(argv=None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
     one, two = svc["one"], svc["two"]
+    cpu_total = sum(one["cpu_ms_per_job"].values())
+    cpu_bound = os.cpu_count() * 1000 / cpu_total
     runs = (("service", one), ("service_two", two), ("bare", bare))
     p = {name: {q: percentile(run["times"], q) for q in (50, 95, 99)} for name, run in runs}
     figures = {
@@ -247,6 +254,10 @@ def main(argv=None) -> int:
         "service_post_ms_p50": two["post"], "service_created_to_execution_ms_p50": two["queued"],
         "service_execution_to_returned_ms_p50": two["ran"], "service_returned_to_client_ms_p50": two["after"],
         "service_jobs_per_s": one["rate"], "service_two_jobs_per_s": two["rate"], "bare_jobs_per_s": bare["rate"],
+        # CPU of every process (the client's included) per job in the one-request throughput run, and the jobs/s
+        # this machine's cores could give at that cost with nothing else running.
+        "service_cpu_ms_per_job": one["cpu_ms_per_job"], "service_cpu_ms_per_job_total": cpu_total,
+        "cpu_bound_jobs_per_s": cpu_bound,
         "target_p50_ms": TARGET_P50_MS, "target_jobs_per_s": TARGET_JOBS_PER_S,
         "target_p50_met": p["service"][50] <= TARGET_P50_MS, "target_jobs_per_s_met": one["rate"] >= TARGET_JOBS_PER_S,
     }
@@ -269,6 +280,8 @@ def main(argv=None) -> int:
         (f"size jobs/s, {args.concurrency} clients, 1 request: service ({args.service_workers} workers) vs bare ({args.bare_workers})",
          one["rate"], bare["rate"], ...),
         (f"size jobs/s, {args.concurrency} clients, 2 requests: service vs bare", two["rate"], bare["rate"], ...),
+        *((f"  1 request: CPU ms per job, {group}", value, None, None) for group, value in one["cpu_ms_per_job"].items()),
+        (f"  1 request: CPU ms per job, all; jobs/s {os.cpu_count()} cores could give at that cost", cpu_total, cpu_bound, None),
         (f"target >= {TARGET_JOBS_PER_S:g} jobs/s: {'met' if one['rate'] >= TARGET_JOBS_PER_S else 'MISSED'}", one["rate"],
          TARGET_JOBS_PER_S, ...),
     ]

@@ -42,7 +42,7 @@ import requests
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Processes, RssSampler, cpu_delta, cpu_usage, log, percentile, report, service  # noqa: E402
+from _common import Processes, RssSampler, cpu_delta, cpu_ms_per_job, cpu_usage, log, percentile, report, service  # noqa: E402
 
 # name -> (width, height, format). Sizes whose aspect makes every contain box below come out in whole pixels.
 SINGLES = {"s/a.jpg": (64, 48, "JPEG"), "s/b.jpg": (320, 240, "JPEG"), "s/c.jpg": (640, 480, "JPEG"),
@@ -329,10 +329,7 @@ def main(argv=None) -> int:
     rss_growth = {label: 100 * (end_rss[label] / start_rss[label] - 1) for label in start_rss if label in end_rss}
     restarts = [line.strip() for line in notable if "starting it again" in line]
     ended = sum(len(v) for v in latency.values()) or 1
-    groups = {"image workers (summed)": [k for k in cpu if k.startswith("image worker")],
-              "api (master + workers)": ["api (master + workers)"], "redis-server": ["redis-server"],
-              "classifier": [k for k in cpu if k.startswith("classifier")], "bench client": ["bench client"]}
-    cpu_ms = {group: 1000 * sum(cpu[k][0] for k in labels if k in cpu) / ended for group, labels in groups.items()}
+    cpu_ms = cpu_ms_per_job(cpu, ended)
     service_labels = [k for k in cpu if k not in ("machine", "bench client", "api (master + workers)")]
     on_cpu = sum(cpu[k][0] for k in service_labels)
     waiting = sum(cpu[k][1] for k in service_labels) if all(cpu[k][1] is not None for k in service_labels) else None
