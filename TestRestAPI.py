@@ -2,17 +2,19 @@
 import io
 import json
 import os
+import time
 import zlib
 from pathlib import Path
 
 import pytest
 from PIL import Image as PILImage
 from redis import Redis
-from rq import SimpleWorker
+from rq import SimpleWorker, Worker
 
 import jobs
 from RedisConfig import SERIALIZER, connection, queue
 from conftest import copy_sample
+from worker import WORKER_TTL
 
 PHOTO = "castle_image.jpg"
 
@@ -340,6 +342,20 @@ def test_health_reports_redis_workers_and_queues(client):
     assert answer.status_code == 200
     body = answer.get_json()
     assert body["redis"] == "ok" and body["workers"] >= 2 and set(body["queues"]) >= {"images", "classify"}
+
+
+def test_workers_stay_registered_while_they_wait_for_work(client, folder, images_root):
+    """After a job, a worker's key must outlive its block waiting for the next one (WORKER_TTL - 15 s): RQ
+    gives the key only HEARTBEAT_TTL as a job starts, and a key that expires gets a live worker dropped
+    from the registry (GET /health then counts one worker fewer)."""
+    copy_sample(PHOTO, folder / "a.jpg")
+    for _ in range(4):  # enough jobs to reach both workers
+        result_of(client, submit(client, "GET", query_string={"imagePath": rel(folder / "a.jpg", images_root)})["jobId"])
+    redis = connection()
+    deadline = time.monotonic() + 5  # each worker renews its key right after its job
+    while min(redis.ttl(worker.key) for worker in Worker.all(connection=redis)) <= WORKER_TTL - 15:
+        assert time.monotonic() < deadline, {worker.name: redis.ttl(worker.key) for worker in Worker.all(connection=redis)}
+        time.sleep(0.1)
 
 
 def test_metrics_in_prometheus_text_format(client):

@@ -12,9 +12,10 @@ JOB_TIMEOUT + 60 s and look only every 10 minutes.
 
 Per job, a plain SimpleWorker makes about 30 Redis round trips; 10 of them renew the worker's own
 key (which lives WORKER_TTL + 60 s) and 3 more re-write an unchanged state or re-check `rq suspend`.
-This one renews its key at most every WORKER_BEAT_EVERY seconds, writes its state only when it
-changes and checks for suspension at most every SUSPENSION_CHECK_EVERY seconds (bench/job_overhead.py
-gives the before and after).
+This one renews its key once per job (RQ shortens the key's life as a job starts), at most every
+WORKER_BEAT_EVERY seconds otherwise, in one round trip; writes its state only when it changes; and
+checks for suspension at most every SUSPENSION_CHECK_EVERY seconds (bench/README.md gives the before
+and after).
 
 `python worker.py --check` exits 0 when Redis answers and a worker of this host is registered (the
 container healthcheck).
@@ -27,7 +28,6 @@ import threading
 import time
 
 from rq import SimpleWorker, Worker
-from rq.utils import now
 
 from RedisConfig import CLASSIFY_QUEUE, QUEUE_NAMES, SERIALIZER, RedisNotConfigured, connection, queue
 from config import settings
@@ -50,12 +50,25 @@ class ImageWorker(SimpleWorker):
     def get_heartbeat_ttl(self, job) -> int:
         return HEARTBEAT_TTL
 
+    _full_beat_at = None  # time.monotonic() of the last beat that gave the worker's key its full life
+
     def heartbeat(self, timeout=None, pipeline=None):
-        """RQ's heartbeat, skipped when it would only renew the worker's key again within WORKER_BEAT_EVERY."""
-        recent = self.last_heartbeat is not None and (now() - self.last_heartbeat).total_seconds() < WORKER_BEAT_EVERY
-        if timeout is None and pipeline is None and recent:
+        """RQ's heartbeat, skipped when the key got its full life (WORKER_TTL + 60 s) within WORKER_BEAT_EVERY.
+
+        A beat with a timeout (RQ gives the key only HEARTBEAT_TTL as a job starts) never counts as full,
+        so the beat after the job is always made: skipping it would let an idle worker's key expire
+        while it blocks for work. A beat of its own is one round trip (HSET and EXPIRE pipelined).
+        """
+        full = timeout is None
+        if full and pipeline is None and self._full_beat_at is not None and time.monotonic() - self._full_beat_at < WORKER_BEAT_EVERY:
             return
-        super().heartbeat(timeout, pipeline)
+        if pipeline is None:
+            with self.connection.pipeline() as own:
+                super().heartbeat(timeout, own)
+                own.execute()
+        else:
+            super().heartbeat(timeout, pipeline)
+        self._full_beat_at = time.monotonic() if full else None
 
     def set_state(self, state, pipeline=None):
         if pipeline is None and state == self.get_state():
