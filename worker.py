@@ -1,8 +1,8 @@
 """An RQ worker process: `python worker.py images` (size/resize/plot) or `python worker.py classify`.
 
 It is a SimpleWorker: it runs every job in the worker's own process instead of forking a child per job.
-Forking costs ~20 ms per job against ~5.5 ms (a no-op job, rq 2.12, 2 cores: bench/job_overhead.py), and keeps nothing warm
-between jobs; a SimpleWorker keeps imports (and, for the classifier, the model) loaded. The price: a
+Forking costs ~15 ms per job against ~2.8 ms (a no-op job, rq 2.12, 2 cores: bench/job_overhead.py), and keeps nothing
+warm between jobs; a SimpleWorker keeps imports (and, for the classifier, the model) loaded. The price: a
 job that crashes the interpreter takes the worker with it; RQ then sees the job abandoned and retries it.
 
 While a job runs, a thread keeps the job's heartbeat (HEARTBEAT_TTL), and idle workers look for
@@ -38,19 +38,21 @@ from tasks import TrustedJob
 HEARTBEAT_TTL = 30  # seconds a running job's heartbeat lasts; the beat is renewed every third of that
 MAINTENANCE_INTERVAL = 15  # seconds between a worker's looks for abandoned jobs
 WORKER_TTL = 45  # the worker's own key; an idle worker wakes every WORKER_TTL - 15 s to beat and look
-WORKER_BEAT_EVERY = 5  # seconds; RQ renews the worker's key three times per job, this keeps one renewal in 5 s
+WORKER_BEAT_EVERY = 5  # seconds; between jobs' own renewals, the worker's key is renewed at most this often
 SUSPENSION_CHECK_EVERY = 1  # seconds; `rq suspend` takes effect within this, instead of costing a round trip per job
 
 
 class ImageWorker(SimpleWorker):
-    """A SimpleWorker whose running jobs keep a short heartbeat, so a dead worker's job is noticed soon."""
+    """A SimpleWorker whose running jobs keep a short heartbeat, so a dead worker's job is noticed soon,
+    and which spares the Redis round trips RQ makes per job only to repeat itself."""
 
+    _full_beat_at = None  # time.monotonic() of the last beat that gave the worker's key its full life
     _next_suspension_check = 0.0
+    _running = None  # the job being executed now: the beat thread keeps its heartbeat
+    _beat_thread = None
 
     def get_heartbeat_ttl(self, job) -> int:
         return HEARTBEAT_TTL
-
-    _full_beat_at = None  # time.monotonic() of the last beat that gave the worker's key its full life
 
     def heartbeat(self, timeout=None, pipeline=None):
         """RQ's heartbeat, skipped when the key got its full life (WORKER_TTL + 60 s) within WORKER_BEAT_EVERY.
@@ -71,18 +73,17 @@ class ImageWorker(SimpleWorker):
         self._full_beat_at = time.monotonic() if full else None
 
     def set_state(self, state, pipeline=None):
+        """RQ's set_state, but an unchanged state is not written again (it was, once per job)."""
         if pipeline is None and state == self.get_state():
             return
         super().set_state(state, pipeline)
 
     def check_for_suspension(self, burst: bool):
+        """RQ's look for `rq suspend`, at most every SUSPENSION_CHECK_EVERY seconds (it was once per job)."""
         if time.monotonic() < self._next_suspension_check:
             return
         self._next_suspension_check = time.monotonic() + SUSPENSION_CHECK_EVERY
         super().check_for_suspension(burst)
-
-    _running = None  # the job being executed now: the beat thread keeps its heartbeat
-    _beat_thread = None
 
     def execute_job(self, job, queue):
         if self._beat_thread is None:
