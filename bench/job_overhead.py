@@ -153,13 +153,13 @@ def service_rounds(tmp: Path, images: Path, workers: int, requests: int, concurr
             for _, close in rounds.values():
                 close()
         figures = {}
+        processes = Processes(running.process.pid)
         for way in WAYS:
             log(f"service, {way} request(s) a round: {requests} sequential rounds, p50 {percentile(times[way], 50):.1f} ms; "
                 f"throughput with {concurrency} clients")
-            processes = Processes(running.process.pid)
             before = cpu_usage(processes)
-            rate, rounds = throughput(lambda: make_round(way), seconds, concurrency)
-            cpu = cpu_ms_per_job(cpu_delta(before, cpu_usage(processes)), rounds)
+            rate, ended = throughput(lambda: make_round(way), seconds, concurrency)
+            cpu = cpu_ms_per_job(cpu_delta(before, cpu_usage(processes)), ended)
             counted = {k: v[WARMUP:] for k, v in stages[way].items()}
             figures[way] = {"times": times[way], "rate": rate, "cpu_ms_per_job": cpu,
                             **{k: statistics.median(v) if v else None for k, v in counted.items()}}

@@ -17,9 +17,8 @@ submit + --job-timeout and the end of the run + --grace; once every thread is jo
 up on is looked up once more: ended since (late) or not (lost). Every HTTP request is counted once,
 as ok or as an error of its kind: the HTTP status, the exception class, or a wrong result.
 Before the measured run, the same clients run for --warm-up seconds: a process's memory grows while it
-first meets the load (gunicorn starts its threads as requests come, each thread gets its own malloc
-arena, the first requests import and cache); that growth is not a leak, and the run is measured from
-after it. Its requests and jobs are counted and checked the same way, and reported apart.
+first meets the load (gunicorn starts its threads as requests come, the first requests import and
+cache); that growth is not a leak, and the run is measured from after it. Its requests and jobs are counted and checked the same way, and reported apart.
 It reports requests, errors by kind, lost jobs, p50/p99 submit-to-result, jobs/s, the RSS of every
 process of the service cold (after the sequential warm-up), at the start of the measured run (after the
 warm-up load) and at the end, with growth % from that start, processes that exited (run.py restarts
