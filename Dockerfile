@@ -54,7 +54,7 @@ FROM base AS classifier
 USER 0
 RUN pip install --no-cache-dir -r requirements.txt
 ENV CLASSIFIER_CACHE_DIR=/opt/imageapi-cache
-RUN python -c "import classifier; classifier.Classifier.load(cache_dir='/opt/imageapi-cache')" \
+RUN python -c "from imagejobs.classifier import Classifier; Classifier.load(cache_dir='/opt/imageapi-cache')" \
     && chmod -R a+rX /opt/imageapi-cache
 USER ${APP_UID}:${APP_GID}
 HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 \

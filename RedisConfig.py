@@ -13,7 +13,7 @@ from redis.retry import Retry
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from config import settings
+from imagejobs.config import Settings, settings
 
 IMAGES_QUEUE = "images"  # size, resize, plot: the Pillow workers
 CLASSIFY_QUEUE = "classify"  # classify: the TensorFlow worker
@@ -28,14 +28,15 @@ class RedisNotConfigured(RuntimeError):
     pass
 
 
-def redis_url() -> str:
-    if not settings.redis_url:
+def redis_url(configured: Settings = settings) -> str:
+    """REDIS_URL, once it is set (and has a password, when REQUIRE_REDIS_AUTH asks for one)."""
+    if not configured.redis_url:
         raise RedisNotConfigured(
             "REDIS_URL is not set: start the service with `python run.py`, which starts an embedded Redis, or set REDIS_URL"
         )
-    if settings.require_redis_auth and not urlsplit(settings.redis_url).password:
-        raise RedisNotConfigured(f"REQUIRE_REDIS_AUTH is set but REDIS_URL ({settings.redis_url}) has no password")
-    return settings.redis_url
+    if configured.require_redis_auth and not urlsplit(configured.redis_url).password:
+        raise RedisNotConfigured(f"REQUIRE_REDIS_AUTH is set but REDIS_URL ({configured.redis_url}) has no password")
+    return configured.redis_url
 
 
 def redacted(url: str) -> str:
@@ -46,17 +47,22 @@ def redacted(url: str) -> str:
     return url.replace(f":{parts.password}@", ":***@", 1)
 
 
-@cache
-def connection() -> Redis:
-    """The process's one Redis client (a thread-safe pool). The password comes from the URL."""
+def connect(configured: Settings) -> Redis:
+    """A Redis client (a thread-safe pool) for these settings. The password comes from the URL."""
     return Redis.from_url(
-        redis_url(),
+        redis_url(configured),
         socket_connect_timeout=2,
         socket_timeout=SOCKET_TIMEOUT,
         health_check_interval=15,
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
         retry_on_error=[ConnectionError, TimeoutError],
     )
+
+
+@cache
+def connection() -> Redis:
+    """The process's one Redis client, from the environment's settings (workers; the API has its app's)."""
+    return connect(settings)
 
 
 def queue(name: str, redis: Redis | None = None) -> Queue:

@@ -15,6 +15,7 @@ from PIL import ImageFile
 
 import Image
 from Image import ImageError
+from tests.support import decoded_sizes
 
 TESTDATA = Path(__file__).parent / "testdata"
 PHOTOS = {  # name: (width, height, Pillow format, mode)
@@ -288,19 +289,6 @@ def test_stretch_ignores_the_aspect_ratio(tmp_path):
     Image.make_thumbnail(path, tmp_path / "t.png", 10, 80, fit="stretch")
     thumb = opened(tmp_path / "t.png")
     assert thumb.getpixel((0, 40)) == (255, 0, 0) and thumb.getpixel((9, 40)) == (0, 0, 255)
-
-
-def decoded_sizes(monkeypatch) -> list:
-    """The size of every image Pillow decodes from now on (after draft() has reduced it)."""
-    sizes = []
-    load_prepare = ImageFile.ImageFile.load_prepare
-
-    def spy(self):
-        sizes.append(self.size)
-        load_prepare(self)
-
-    monkeypatch.setattr(ImageFile.ImageFile, "load_prepare", spy)
-    return sizes
 
 
 @pytest.mark.parametrize(("fit", "decoded"), [("contain", (240, 160)), ("cover", (480, 320)), ("stretch", (480, 320))])

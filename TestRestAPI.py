@@ -1,4 +1,5 @@
 """Every route and error path of the API, through Flask's test client, with real workers and Redis behind it."""
+import dataclasses
 import io
 import json
 import os
@@ -11,29 +12,14 @@ from PIL import Image as PILImage
 from redis import Redis
 from rq import SimpleWorker, Worker
 
-import jobs
+from imagejobs import answers, batch, jobs
+from imagejobs.actions import ACTIONS
+from imagejobs.config import settings
+from imagejobs.worker import WORKER_TTL
 from RedisConfig import SERIALIZER, connection, queue
-from conftest import copy_sample
-from worker import WORKER_TTL
+from tests.support import copy_sample, jpeg_bytes, rel, result_of, submit
 
 PHOTO = "castle_image.jpg"
-
-
-def result_of(client, job_id: str) -> dict:
-    """The finished (or failed) job's answer, waited for through the API's own wait."""
-    answer = client.get(f"/result/{job_id}?wait=20")
-    assert answer.status_code == 200, answer.get_json()
-    return answer.get_json()
-
-
-def submit(client, method: str, **kwargs):
-    answer = client.open("/imageapi", method=method, **kwargs)
-    assert answer.status_code == 202, answer.get_json()
-    return answer.get_json()
-
-
-def rel(path: Path, images_root: Path) -> str:
-    return path.relative_to(images_root).as_posix()
 
 
 # --- size --------------------------------------------------------------------------------------------
@@ -191,29 +177,24 @@ def test_batch_progress_while_it_runs(folder, images_root, redis_url):
     for index in range(10):
         copy_sample(PHOTO, folder / f"p{index}.jpg")
     images = [rel(folder / f"p{index}.jpg", images_root) for index in range(10)]
-    job = jobs.enqueue_batch(connection(), "progress-test", "size", images, {}, jobs.new_job_id())
-    status, body = jobs.describe(connection(), jobs.fetch(connection(), job.id))
+    unserved = dataclasses.replace(ACTIONS["size"], queue="progress-test")
+    job = batch.enqueue(connection(), settings, unserved, images, {}, jobs.new_job_id())
+    status, body = answers.describe(connection(), jobs.fetch(connection(), job.id, settings.result_ttl))
     assert status == 202 and body["status"] == "queued"
     assert body["progress"] == {"done": 0, "failed": 0, "total": 10}
     worker = SimpleWorker([queue("progress-test")], connection=redis, serializer=SERIALIZER)
     worker.work(burst=True, max_jobs=1)
-    status, body = jobs.describe(connection(), jobs.fetch(connection(), job.id))
+    status, body = answers.describe(connection(), jobs.fetch(connection(), job.id, settings.result_ttl))
     assert status == 202 and body["status"] == "started" and body["startedAt"]
     assert 0 < body["progress"]["done"] < 10 and body["progress"]["total"] == 10
     worker.work(burst=True)
-    status, body = jobs.describe(connection(), jobs.fetch(connection(), job.id))
+    status, body = answers.describe(connection(), jobs.fetch(connection(), job.id, settings.result_ttl))
     assert status == 200 and body["result"]["done"] == 10
     with pytest.raises(jobs.JobNotFound):  # chunks are internal
-        jobs.fetch(connection(), f"{job.id}-0")
+        jobs.fetch(connection(), f"{job.id}-0", settings.result_ttl)
 
 
 # --- uploads -------------------------------------------------------------------------------------------
-
-def jpeg_bytes(size=(640, 480), color="teal") -> bytes:
-    buffer = io.BytesIO()
-    PILImage.new("RGB", size, color).save(buffer, "JPEG")
-    return buffer.getvalue()
-
 
 def test_one_upload_is_one_job_stored_under_uploads(client, images_root):
     body = submit(client, "POST", data={"image": (io.BytesIO(jpeg_bytes()), "café 東京.jpg")},
@@ -244,9 +225,7 @@ def test_upload_in_the_wrong_field_or_with_a_path_is_refused(client, folder, ima
     assert answer.status_code == 400 and "one way" in answer.get_json()["error"]
 
 
-def test_oversize_upload_gets_413(client):
-    from RestAPI import app
-
+def test_oversize_upload_gets_413(app, client):
     limit = app.config["MAX_CONTENT_LENGTH"]
     app.config["MAX_CONTENT_LENGTH"] = 1000
     try:
@@ -265,7 +244,7 @@ def test_a_bad_single_image_fails_with_a_sentence_and_no_retry(client, folder, i
     # a text file named .jpg -> 200 {"status": "failed", "error": "<path>: The file is not an image ..."}
     assert done["status"] == "failed"
     assert "not an image" in done["error"] and "Traceback" not in done["error"]
-    job = jobs.fetch(connection(), body["jobId"])
+    job = jobs.fetch(connection(), body["jobId"], settings.result_ttl)
     assert job.retries_left == 0  # a bad image is not retried
 
 
@@ -319,8 +298,6 @@ def test_submit_refuses_a_bad_wait_and_queues_nothing(client, folder, images_roo
 
 
 def test_results_are_kept_result_ttl_seconds(client, folder, images_root):
-    from config import settings
-
     copy_sample(PHOTO, folder / "a.jpg")
     body = submit(client, "GET", query_string={"imagePath": rel(folder / "a.jpg", images_root)})
     result_of(client, body["jobId"])
@@ -332,7 +309,7 @@ def test_job_arguments_are_stored_as_json_not_pickle(client, folder, images_root
     body = submit(client, "GET", query_string={"imagePath": rel(folder / "a.jpg", images_root)})
     result_of(client, body["jobId"])
     stored = zlib.decompress(connection().hget(f"rq:job:{body['jobId']}", "data"))  # RQ compresses job data
-    assert json.loads(stored)[0] == "tasks.run_single"
+    assert json.loads(stored)[0] == "imagejobs.tasks.run_single"
 
 
 # --- routes for operators, and errors as JSON ------------------------------------------------------------
@@ -374,11 +351,8 @@ def test_unknown_route_and_wrong_method_answer_json(client):
     assert answer.status_code == 405 and "DELETE" in answer.get_json()["error"]
 
 
-def test_redis_down_answers_503_json(client, monkeypatch):
-    import RestAPI
-
-    dead = Redis.from_url("redis://127.0.0.1:9/0", socket_connect_timeout=0.2)  # nothing listens on port 9
-    monkeypatch.setattr(RestAPI, "connection", lambda: dead)
+def test_redis_down_answers_503_json(configured):
+    client = configured(redis_url="redis://127.0.0.1:9/0")  # nothing listens on port 9
     answer = client.get("/health")
     assert answer.status_code == 503 and answer.get_json()["redis"] == "unreachable"
     answer = client.get("/result/some-job")

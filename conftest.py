@@ -1,8 +1,9 @@
-"""The test suite's own Redis and workers.
+"""The test suite's own Redis and workers, and the fixtures every test file may use.
 
 Before any test module is imported, a private redis-server starts on a free port in a temporary
 folder (never the machine's own Redis), and the environment points every process at it and at a
-temporary images root. Workers are started with the same command the containers run.
+temporary images root. Workers are started with the same command the containers run. Helpers that
+are not fixtures are in tests/support.py.
 """
 import os
 import re
@@ -11,19 +12,27 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-TESTDATA = HERE / "testdata"
+from tests.support import (
+    LocalServer,
+    LocalServer6,
+    Server,
+    ipv6_loopback_works,
+    start_process,
+    start_server,
+    stop_processes,
+    wait_for_workers,
+)
+
 _session = {}
 
 
 def pytest_configure(config):
-    """Start the suite's Redis and set the environment, before RestAPI or config is imported."""
-    import embedded_redis
+    """Start the suite's Redis and set the environment, before the service's modules are imported."""
+    from imagejobs import embedded_redis
 
     base = Path(tempfile.mkdtemp(prefix="imageapi-tests-"))
     password, port = secrets.token_urlsafe(16), embedded_redis.free_port()
@@ -57,33 +66,6 @@ def images_root() -> Path:
     return Path(os.environ["IMAGES_DIR"]).resolve()
 
 
-def start_process(command: list[str], env: dict | None = None, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen(command, cwd=HERE, env={**os.environ, **(env or {})}, **kwargs)
-
-
-def stop_processes(processes, timeout: float = 10) -> None:
-    for process in processes:
-        if process.poll() is None:
-            process.terminate()
-    for process in processes:
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def wait_for_workers(count: int, timeout: float = 20) -> None:
-    from rq import Worker
-
-    from RedisConfig import connection
-
-    deadline = time.monotonic() + timeout
-    while Worker.count(connection=connection()) < count:
-        assert time.monotonic() < deadline, f"{count} workers did not register within {timeout} s"
-        time.sleep(0.05)
-
-
 @pytest.fixture(scope="session")
 def workers():
     """Two image workers, started as the containers start them: `python worker.py images`."""
@@ -93,12 +75,29 @@ def workers():
     stop_processes(processes)
 
 
-@pytest.fixture
-def client(workers):
-    """Flask's test client of the real app, with real workers and Redis behind it."""
+@pytest.fixture(scope="session")
+def app():
+    """The API as gunicorn serves it (the environment's settings)."""
     from RestAPI import app
 
+    return app
+
+
+@pytest.fixture
+def client(app, workers):
+    """Flask's test client of the real app, with real workers and Redis behind it."""
     return app.test_client()
+
+
+@pytest.fixture
+def configured(workers):
+    """A test client of an app built with some settings changed: configured(max_queue_depth=1)."""
+    from imagejobs.api import create_app
+    from imagejobs.config import Settings, settings
+
+    def configure(**changes):
+        return create_app(Settings(**{**settings.model_dump(), **changes})).test_client()
+    return configure
 
 
 @pytest.fixture
@@ -110,7 +109,29 @@ def folder(images_root, request) -> Path:
     return path
 
 
-def copy_sample(name: str, dest: Path) -> Path:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(TESTDATA / name, dest)
-    return dest
+# --- local HTTP servers that image URLs point at -----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def server4():
+    yield from start_server(LocalServer, "127.0.0.1")
+
+
+@pytest.fixture(scope="module")
+def server6():
+    if not ipv6_loopback_works():
+        pytest.skip("IPv6 loopback (::1) is not available here")
+    yield from start_server(LocalServer6, "::1")
+
+
+@pytest.fixture
+def server(server4) -> Server:
+    server4.requests.clear()
+    return server4
+
+
+@pytest.fixture(params=["ipv4", "ipv6"])
+def any_server(request) -> Server:
+    """The IPv4 server, then the IPv6 one."""
+    chosen = request.getfixturevalue("server4" if request.param == "ipv4" else "server6")
+    chosen.requests.clear()
+    return chosen

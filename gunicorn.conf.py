@@ -7,7 +7,7 @@ read, so each process serves many requests at once with the gthread worker.
 import os
 import tempfile
 
-from config import settings
+from imagejobs.config import settings
 
 bind = f"{settings.listen_host}:{settings.port}"
 workers = int(os.environ.get("API_PROCESSES", "2"))

@@ -13,7 +13,7 @@ import socket
 import sys
 import time
 
-from config import settings
+from imagejobs.config import settings
 
 _ESCAPES = {ord("\\"): "\\\\", ord('"'): '\\"'}
 _ESCAPES.update({c: f"\\x{c:02x}" for c in [*range(32), 127, 0x85]})

@@ -17,9 +17,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-import embedded_redis
+from imagejobs import embedded_redis
+from imagejobs.config import settings
 from RedisConfig import RedisNotConfigured, redacted, redis_url
-from config import settings
 
 HERE = Path(__file__).resolve().parent
 # The commands the containers run (docker-compose.yml); python is this interpreter.

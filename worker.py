@@ -1,21 +1,7 @@
 """An RQ worker process: `python worker.py images` (size/resize/plot) or `python worker.py classify`.
 
-It is a SimpleWorker: it runs every job in the worker's own process instead of forking a child per job.
-Forking costs ~15 ms per job against ~2.8 ms (a no-op job, rq 2.12, 2 cores: bench/job_overhead.py), and keeps nothing
-warm between jobs; a SimpleWorker keeps imports (and, for the classifier, the model) loaded. The price: a
-job that crashes the interpreter takes the worker with it; RQ then sees the job abandoned and retries it.
-
-While a job runs, a thread keeps the job's heartbeat (HEARTBEAT_TTL), and idle workers look for
-abandoned jobs every MAINTENANCE_INTERVAL: a job whose worker was killed is found within about a
-minute and retried (JOB_RETRIES), where a plain SimpleWorker would leave it "started" for
-JOB_TIMEOUT + 60 s and look only every 10 minutes.
-
-Per job, a plain SimpleWorker makes about 30 Redis round trips; 10 of them renew the worker's own
-key (which lives WORKER_TTL + 60 s) and 3 more re-write an unchanged state or re-check `rq suspend`.
-This one renews its key once per job (RQ shortens the key's life as a job starts), at most every
-WORKER_BEAT_EVERY seconds otherwise, in one round trip; writes its state only when it changes; and
-checks for suspension at most every SUSPENSION_CHECK_EVERY seconds (bench/README.md gives the before
-and after).
+The worker itself (ImageWorker, TrustedJob) is in imagejobs/worker.py; this is the command the
+containers, run.py and the tests start.
 
 `python worker.py --check` exits 0 when Redis answers and a worker of this host is registered (the
 container healthcheck).
@@ -24,90 +10,14 @@ import argparse
 import logging
 import socket
 import sys
-import threading
-import time
 
-from rq import SimpleWorker, Worker
+from rq import Worker
 
-from RedisConfig import CLASSIFY_QUEUE, QUEUE_NAMES, SERIALIZER, RedisNotConfigured, connection, queue
-from config import settings
+from imagejobs.config import settings
+from imagejobs.processors import classify
+from imagejobs.worker import MAINTENANCE_INTERVAL, WORKER_TTL, ImageWorker, TrustedJob
 from log import setup_logging
-from tasks import TrustedJob
-
-
-HEARTBEAT_TTL = 30  # seconds a running job's heartbeat lasts; the beat is renewed every third of that
-MAINTENANCE_INTERVAL = 15  # seconds between a worker's looks for abandoned jobs
-WORKER_TTL = 45  # the worker's own key; an idle worker wakes every WORKER_TTL - 15 s to beat and look
-WORKER_BEAT_EVERY = 5  # seconds; between jobs' own renewals, the worker's key is renewed at most this often
-SUSPENSION_CHECK_EVERY = 1  # seconds; `rq suspend` takes effect within this, instead of costing a round trip per job
-
-
-class ImageWorker(SimpleWorker):
-    """A SimpleWorker whose running jobs keep a short heartbeat, so a dead worker's job is noticed soon,
-    and which spares the Redis round trips RQ makes per job only to repeat itself."""
-
-    _full_beat_at = None  # time.monotonic() of the last beat that gave the worker's key its full life
-    _next_suspension_check = 0.0
-    _running = None  # the job being executed now: the beat thread keeps its heartbeat
-    _beat_thread = None
-
-    def get_heartbeat_ttl(self, job) -> int:
-        return HEARTBEAT_TTL
-
-    def heartbeat(self, timeout=None, pipeline=None):
-        """RQ's heartbeat, skipped when the key got its full life (WORKER_TTL + 60 s) within WORKER_BEAT_EVERY.
-
-        A beat with a timeout (RQ gives the key only HEARTBEAT_TTL as a job starts) never counts as full,
-        so the beat after the job is always made: skipping it would let an idle worker's key expire
-        while it blocks for work. A beat of its own is one round trip (HSET and EXPIRE pipelined).
-        """
-        full = timeout is None
-        if full and pipeline is None and self._full_beat_at is not None and time.monotonic() - self._full_beat_at < WORKER_BEAT_EVERY:
-            return
-        if pipeline is None:
-            with self.connection.pipeline() as own:
-                super().heartbeat(timeout, own)
-                own.execute()
-        else:
-            super().heartbeat(timeout, pipeline)
-        self._full_beat_at = time.monotonic() if full else None
-
-    def set_state(self, state, pipeline=None):
-        """RQ's set_state, but an unchanged state is not written again (it was, once per job)."""
-        if pipeline is None and state == self.get_state():
-            return
-        super().set_state(state, pipeline)
-
-    def check_for_suspension(self, burst: bool):
-        """RQ's look for `rq suspend`, at most every SUSPENSION_CHECK_EVERY seconds (it was once per job)."""
-        if time.monotonic() < self._next_suspension_check:
-            return
-        self._next_suspension_check = time.monotonic() + SUSPENSION_CHECK_EVERY
-        super().check_for_suspension(burst)
-
-    def execute_job(self, job, queue):
-        if self._beat_thread is None:
-            self._beat_thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
-            self._beat_thread.start()
-        self._running = job
-        try:
-            super().execute_job(job, queue)
-        finally:
-            self._running = None
-
-    def _beat(self) -> None:
-        """One thread for the worker's life (a thread per job cost ~0.1 ms a job): every third of
-        HEARTBEAT_TTL it renews the heartbeat of the job running then. RQ's heartbeat only updates
-        what still exists (XX), so a beat that races with the job's end leaves nothing behind."""
-        while True:
-            time.sleep(HEARTBEAT_TTL / 3)
-            job = self._running
-            if job is None:
-                continue
-            try:
-                self.maintain_heartbeats(job)
-            except Exception as exc:  # the job may just have ended, or Redis blinked: the next beat tries again
-                logging.getLogger(__name__).debug("heartbeat of job %s skipped: %s", job.id, exc)
+from RedisConfig import CLASSIFY_QUEUE, QUEUE_NAMES, SERIALIZER, RedisNotConfigured, connection, queue
 
 
 def healthy() -> bool:
@@ -129,11 +39,9 @@ def main(argv=None) -> int:
     service = "classifier" if args.queues == ["classify"] else "worker"
     log = setup_logging(service)
     logging.getLogger("rq.worker").setLevel(logging.WARNING)  # RQ logs several lines per job; ours log one
-    settings.url_networks  # refuse to start on a malformed ALLOWED_URL_NETWORKS
+    settings.check()
     if CLASSIFY_QUEUE in args.queues:
-        import classify_tasks  # the model's libraries load here, and only in a classify worker
-
-        classify_tasks.warm_up()
+        classify.warm_up(settings)  # the model loads here, and only in a classify worker
     redis = connection()
     worker = ImageWorker([queue(name, redis) for name in args.queues], connection=redis, serializer=SERIALIZER,
                          job_class=TrustedJob, worker_ttl=WORKER_TTL, maintenance_interval=MAINTENANCE_INTERVAL)

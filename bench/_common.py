@@ -4,10 +4,10 @@ Nothing here talks to the machine's own Redis (port 6379): every Redis is one ru
 started here with embedded_redis.start on a free port.
 """
 import datetime
-import re
 import http.client
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -26,8 +26,7 @@ RESULTS = BENCH / "results.jsonl"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # embedded_redis, for the Redis servers we start ourselves
 
-import embedded_redis  # noqa: E402  (after the path is set)
-
+from imagejobs import embedded_redis  # noqa: E402  (after the path is set)
 
 # --- output -----------------------------------------------------------------------------------------
 
@@ -78,7 +77,7 @@ def report(bench: str, rows: list[tuple], figures: dict) -> None:
         print(line(row))
     figures = {**figures, "loadavg_1m_at_end": os.getloadavg()[0]}  # others' work on the machine shows up here
     record = {"bench": bench, "figures": figures, "cores": os.cpu_count(),
-              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "commit": commit(),
+              "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "commit": commit(),
               "worktree_dirty": dirty()}
     with RESULTS.open("a", encoding="utf-8") as file:
         file.write(json.dumps(record) + "\n")
@@ -430,7 +429,7 @@ def parse_time(stamp: str | None) -> float | None:
     if not stamp:
         return None
     moment = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-    return (moment if moment.tzinfo else moment.replace(tzinfo=datetime.timezone.utc)).timestamp()
+    return (moment if moment.tzinfo else moment.replace(tzinfo=datetime.UTC)).timestamp()
 
 
 def record_stages(stages: dict, answer: dict, wall: float, started: float, posted: float, done: float) -> None:

@@ -27,8 +27,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import corpus  # noqa: E402
-from _common import (chunk_times, parse_time, record_stages, Client, Processes, RssSampler, link_or_copy, log, percentile, post_form, report,  # noqa: E402
-                     service, wait_result)
+from _common import (  # noqa: E402
+    Client,
+    Processes,
+    RssSampler,
+    chunk_times,
+    link_or_copy,
+    log,
+    parse_time,
+    percentile,
+    post_form,
+    record_stages,
+    report,
+    service,
+    wait_result,
+)
 
 AIM_IMAGES_PER_S = 60.0
 AIM_P50_MS = 60.0
@@ -48,7 +61,7 @@ def check_predictions(predictions, where: str) -> None:
 # --- the baseline: the classifier in this process ----------------------------------------------------
 
 def in_process(image: Path, folder: list[Path], requests: int, repeat: int) -> dict:
-    from classifier import Classifier
+    from imagejobs.classifier import Classifier
 
     started = time.perf_counter()
     clf = Classifier.load()

@@ -15,7 +15,7 @@
    for --seconds, jobs/s. The targets are read off the one-request round, the like of bare RQ's.
 3. The bare baseline: a second private redis-server (AOF on, like run.py's) and `python worker.py
    images` (--bare-workers processes) with REDIS_URL pointing at it; the same rounds as
-   queue.enqueue("tasks.run_single", "size", image, {}) + job.latest_result(timeout=5), no HTTP.
+   queue.enqueue("imagejobs.tasks.run_single", "size", image, {}) + job.latest_result(timeout=5), no HTTP.
 Targets: service p50 <= 5 ms; >= 500 size jobs/s.
 """
 import argparse
@@ -37,8 +37,23 @@ from rq.results import Result
 from rq.serializers import JSONSerializer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (BENCH, ROOT, Client, Processes, cpu_delta, cpu_ms_per_job, cpu_usage, log, own_redis, percentile,
-                     post_form, record_stages, report, service, stop_process)  # noqa: E402
+from _common import (
+    BENCH,
+    ROOT,
+    Client,
+    Processes,
+    cpu_delta,
+    cpu_ms_per_job,
+    cpu_usage,
+    log,
+    own_redis,
+    percentile,
+    post_form,  # noqa: E402
+    record_stages,
+    report,
+    service,
+    stop_process,
+)
 
 TARGET_P50_MS = 5.0
 TARGET_JOBS_PER_S = 500.0
@@ -185,7 +200,7 @@ def bare_rounds(tmp: Path, images: Path, workers: int, requests: int, concurrenc
                 queue = Queue("images", connection=redis, serializer=JSONSerializer)
 
                 def one_round():
-                    job = queue.enqueue("tasks.run_single", "size", IMAGE, {})
+                    job = queue.enqueue("imagejobs.tasks.run_single", "size", IMAGE, {})
                     result = job.latest_result(timeout=5)
                     if result is None or result.type != Result.Type.SUCCESSFUL:
                         raise RuntimeError(f"bare size job {job.id} ended with {result and result.type}")

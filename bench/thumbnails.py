@@ -20,7 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from multiprocessing import Pool
 from pathlib import Path
 
@@ -28,7 +28,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import corpus  # noqa: E402
-from _common import chunk_times, Client, log, link_or_copy, post_form, report, service, wait_result  # noqa: E402
+from _common import Client, chunk_times, link_or_copy, log, post_form, report, service, wait_result  # noqa: E402
 
 TARGET = 0.85
 WARMUP_IMAGES = 32
@@ -54,7 +54,7 @@ def parse_time(stamp: str | None) -> float | None:
     if not stamp:
         return None
     moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 def run_service(images_root: Path, folder: str, tmp: Path, workers: int, size: int, count: int, repeat: int) -> dict:

@@ -1,0 +1,50 @@
+"""The actions a request may ask for: the one table that the API, the workers, the OpenAPI document
+and the page all read.
+
+To add an action, write its processor (imagejobs/processors/<name>.py, see processors/__init__.py
+for the signature) and its parameters model (params.py), then add its row here. Nothing else names it.
+"""
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from imagejobs import params
+from imagejobs.processors import Work, classify, plot, resize, size
+from RedisConfig import CLASSIFY_QUEUE, IMAGES_QUEUE
+
+
+@dataclass(frozen=True)
+class Action:
+    """An action: how its parameters are validated, which workers run it and what they run."""
+
+    name: str
+    params: type[params.Params]
+    queue: str
+    process: Callable[[Work], Iterable[dict]]
+    summary: str  # the noun of the sentence a submit answers: "Thumbnail of Japan (3 images) queued; ..."
+    # The page's title for such a job: {name} is a parameter's value, {, name|upper} adds ", " and the
+    # upper-cased value only when the parameter was given.
+    title: str
+    description: str = ""  # what the page says under the action's options
+    per_image: bool = True  # one entry per image (batches fan out); else one job over all the images
+
+
+ACTIONS = {
+    action.name: action
+    for action in (
+        Action("size", params.SizeParams, IMAGES_QUEUE, size.process, "Size", "Size",
+               "Width, height, format and colour mode of each image."),
+        Action("resize", params.ResizeParams, IMAGES_QUEUE, resize.process, "Thumbnail",
+               "Thumbnail {width} × {height} ({fit}{, format|upper})",
+               "The thumbnail fits the box: contain keeps the whole image, cover fills the box and crops, "
+               "stretch distorts."),
+        Action("classify", params.ClassifyParams, CLASSIFY_QUEUE, classify.process, "Classification",
+               "Classify (top {top})", "The ImageNet labels a model finds most likely, with their scores."),
+        Action("plot", params.PlotParams, IMAGES_QUEUE, plot.process, "Plot", "Plot: {kind}",
+               "An RGB histogram of one image, or a width x height scatter of several.", per_image=False),
+    )
+}
+DEFAULT_ACTION = "resize"  # what a POST without an action does; GET /imageapi reads sizes only
+
+# Every parameter any action takes, with where the images come from and how long to wait.
+AnyActionParams = params.merged("AnyActionParams", params.Source, *(action.params for action in ACTIONS.values()),
+                                params.ResultQuery)

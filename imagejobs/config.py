@@ -1,0 +1,71 @@
+"""The service's settings, read once from the environment (the same names in every mode)."""
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Field names are the environment variables, upper-cased."""
+
+    model_config = SettingsConfigDict(frozen=True)
+
+    redis_url: str | None = None
+    images_dir: Path = Path("images")
+    logs_dir: Path = Path("logs")
+    result_ttl: int = Field(500, ge=1)
+    port: int = Field(5000, ge=1, le=65535)
+    bind_host: str | None = Field(None, description="default: 127.0.0.1 without API_TOKENS, all interfaces with them")
+    api_tokens: str | None = Field(None, description="comma-separated bearer tokens, or the path of a file holding them")
+    require_redis_auth: bool = False
+    max_image_pixels: int = Field(50_000_000, ge=1)
+    max_upload_mb: int = Field(200, ge=1)
+    max_upload_files: int = Field(1000, ge=1)
+    max_folder_images: int = Field(20_000, ge=1)
+    max_queue_depth: int = Field(5000, ge=1, description="queued jobs in a queue beyond which new work gets 429")
+    max_urls: int = Field(100, ge=1, description="image URLs in one request")
+    max_download_mb: int = Field(20, ge=1)
+    allowed_url_networks: str = Field("", description="CIDRs image URLs may reach besides public addresses")
+    url_connect_timeout: float = Field(5, gt=0)
+    url_read_timeout: float = Field(10, gt=0)
+    url_total_timeout: float = Field(30, gt=0)
+    url_max_redirects: int = Field(3, ge=0)
+    classifier_model: str | None = Field(None, description="a Keras model file; unset: the built-in EfficientNet-Lite0")
+    classifier_labels: str | None = Field(None, description="its labels: a JSON list or one per line")
+    classifier_cache_dir: str | None = Field(None, description="where the converted built-in model is cached")
+    job_timeout: int = Field(600, ge=1, description="seconds one job (one image or one chunk) may run")
+    job_retries: int = Field(2, ge=0, description="re-runs of a job whose worker died")
+    chunk_size: int = Field(32, ge=1, description="most images in one job of a batch")
+
+    @cached_property
+    def tokens(self) -> tuple[str, ...]:
+        """The accepted bearer tokens: API_TOKENS as a comma list, or read from the file it names."""
+        text = self.api_tokens or ""
+        if text and Path(text).is_file():
+            text = Path(text).read_text().replace("\n", ",")
+        return tuple(token.strip() for token in text.split(",") if token.strip())
+
+    def check(self) -> None:
+        """Raise ValueError on a setting that parses only when used (a malformed ALLOWED_URL_NETWORKS), so a
+        process refuses to start instead of failing its first job."""
+        _ = self.url_networks  # parsed now and kept
+
+    @cached_property
+    def url_networks(self) -> tuple:
+        """ALLOWED_URL_NETWORKS parsed; a bad item raises ValueError naming it."""
+        from imagejobs.downloads import parse_networks
+
+        return parse_networks(self.allowed_url_networks)
+
+    @cached_property
+    def listen_host(self) -> str:
+        return self.bind_host or ("0.0.0.0" if self.tokens else "127.0.0.1")
+
+    @cached_property
+    def images_root(self) -> Path:
+        """The images root as an absolute path with symlinks resolved: every check compares against it."""
+        return self.images_dir.resolve()
+
+
+settings = Settings()

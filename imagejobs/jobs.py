@@ -1,0 +1,77 @@
+"""What every job of this service shares: its kind, its RQ options, the enqueue transaction with the
+queue's limit, and finding a user's job by its id.
+
+The job a user sees is a *single* job (one image, or a plot over several: tasks.py) or a *batch* job
+(a folder, several uploads or URLs: batch.py, with its *chunk* jobs, which the user never sees).
+"""
+import uuid
+from collections.abc import Callable
+
+from redis import Redis
+from rq import Callback, Queue, Retry
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+
+from imagejobs.config import Settings
+from RedisConfig import SERIALIZER
+
+SINGLE, BATCH, CHUNK = "single", "batch", "chunk"  # job.meta["kind"]
+TERMINAL = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+def options(settings: Settings, job_id: str, action: str, kind: str, on_failure: Callable, **meta) -> dict:
+    """Every job of ours is kept RESULT_TTL, retried when its worker dies and explained when it fails."""
+    return {
+        "job_id": job_id, "result_ttl": settings.result_ttl, "failure_ttl": settings.result_ttl,
+        "timeout": settings.job_timeout, "retry": Retry(max=settings.job_retries) if settings.job_retries else None,
+        "on_failure": Callback(on_failure), "meta": {"action": action, "kind": kind, **meta},
+    }
+
+
+class QueueFull(Exception):
+    """More jobs wait than MAX_QUEUE_DEPTH: new work is refused (429) rather than queued without bound."""
+
+
+def commit_unless_full(pipe, q: Queue, queued: list[Job], limit: int, created: tuple[Job, ...] = (),
+                       keys: tuple[str, ...] = ()) -> None:
+    """Run the enqueue transaction with the queue's length read inside it. If the queue already held
+    `limit` jobs before the `queued` ones, take them back out (with the jobs `created` beside them and
+    the `keys` written for them) and raise QueueFull.
+
+    Reading the length in the same transaction as the push makes the limit exact under concurrent
+    submits (a read before the push let a burst overshoot it), and costs no extra round trip.
+    """
+    pipe.llen(q.key)
+    depth = pipe.execute()[-1] - len(queued)
+    if depth < limit:
+        return
+    with q.connection.pipeline() as undo:
+        for job in (*queued, *created):
+            job.delete(pipeline=undo)
+        if keys:
+            undo.delete(*keys)
+        undo.execute()
+    raise QueueFull(f"The {q.name} queue holds {depth} jobs, its limit (MAX_QUEUE_DEPTH); try again shortly.")
+
+
+class JobNotFound(LookupError):
+    pass
+
+
+def fetch(redis: Redis, job_id: str, result_ttl: int) -> Job:
+    """The user's job (a single or batch job; chunks are internal), or JobNotFound once it expired."""
+    try:
+        job = Job.fetch(job_id, connection=redis, serializer=SERIALIZER)
+    except (NoSuchJobError, ValueError):  # ValueError: not even a well-formed job id
+        raise gone(job_id, result_ttl) from None
+    if job.meta.get("kind") not in (SINGLE, BATCH):
+        raise JobNotFound(f"No job {job_id!r}.")
+    return job
+
+
+def gone(job_id: str, result_ttl: int) -> JobNotFound:
+    return JobNotFound(f"No job {job_id!r}: it never existed or its result expired (results are kept {result_ttl} s).")

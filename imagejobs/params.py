@@ -1,0 +1,151 @@
+"""Request parameters, declared once as pydantic models: they validate requests, and describe them to the
+OpenAPI document and to the page (`fields`).
+
+A request's parameters may come from the query string, form fields or a JSON body; the API merges
+them into one dict and validates it here, before anything is enqueued.
+"""
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+
+from Image import FORMATS
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    def check_image_count(self, count: int) -> None:
+        """Refuse (InvalidParameter) a number of images this action cannot take; any count by default."""
+
+
+def shown(unit: str | None = None, unit_name: str | None = None, labels: dict | None = None,
+          unset: str | None = None) -> dict:
+    """How the page shows a parameter, beside what its schema says: a unit ("px", "pixels"), the labels
+    of its choices, and the label of "not given" (for an optional choice)."""
+    extra = {"unit": unit, "unitName": unit_name, "labels": labels, "unsetLabel": unset}
+    return {"x-shown": {name: value for name, value in extra.items() if value is not None}}
+
+
+class Source(Params):
+    """Which images a request names (uploads come as files, not parameters)."""
+
+    imagePath: str | None = Field(None, description="a file or folder inside the images root", min_length=1, max_length=1024)
+    recursive: bool = Field(False, description="include the subfolders of a folder")
+    imageUrl: list[str] | None = Field(None, description="an http(s) URL, or several (a JSON list), that a worker downloads")
+
+    @field_validator("imageUrl", mode="before")
+    @classmethod
+    def _one_or_many(cls, value):
+        """One URL, a JSON list of them (in a JSON body, or as the text of a field), or None."""
+        if isinstance(value, str):
+            value = value.strip()
+            if value.startswith("["):
+                try:
+                    return json.loads(value)
+                except ValueError:
+                    raise ValueError("imageUrl looks like a JSON list but is not valid JSON") from None
+            return [value] if value else None
+        return value
+
+
+class SizeParams(Params):
+    pass
+
+
+PIXELS = shown("px", "pixels")
+
+
+class ResizeParams(Params):
+    width: int = Field(100, ge=1, le=4096, title="Width", description="box width in pixels", json_schema_extra=PIXELS)
+    height: int = Field(100, ge=1, le=4096, title="Height", description="box height in pixels", json_schema_extra=PIXELS)
+    fit: Literal["contain", "cover", "stretch"] = Field(
+        "contain", title="Fit", description="keep aspect inside the box, fill and crop, or distort")
+    format: Literal[FORMATS] | None = Field(
+        None, title="Format", description="output format; default: the source's",
+        json_schema_extra=shown(labels={"jpeg": "JPEG", "png": "PNG", "webp": "WebP"}, unset="as the source"))
+
+    @field_validator("format", "fit", mode="before")
+    @classmethod
+    def _lower(cls, value):
+        if isinstance(value, str):
+            value = value.strip().lower()
+            return {"jpg": "jpeg", "": None}.get(value, value)
+        return value
+
+
+class ClassifyParams(Params):
+    top: int = Field(5, ge=1, le=20, title="Labels per image", description="how many of the best ImageNet labels to give")
+
+
+class PlotParams(Params):
+    kind: Literal["histogram", "sizes"] = Field(
+        title="Chart", description="histogram of one image, or width x height scatter of several",
+        json_schema_extra=shown(labels={"histogram": "RGB histogram (one image)", "sizes": "Sizes (several images)"}))
+
+    def check_image_count(self, count: int) -> None:
+        if self.kind == "histogram" and count != 1:
+            raise InvalidParameter(f"kind=histogram plots one image, but {count} were given; name a single file.")
+
+
+class BrowseQuery(Params):
+    path: str = Field(".", min_length=1, max_length=1024, description="a folder inside the images root; default: the root")
+
+
+class ResultQuery(Params):
+    wait: float = Field(0, ge=0, le=30, description="seconds to hold the answer until the job ends (then 200 with its result)")
+
+
+def merged(name: str, *models: type[Params]) -> type[Params]:
+    """One model with every parameter of the models (their validators too), each optional: what any
+    request may carry, checked on every request so that a malformed one is a 400 even where the chosen
+    action would not read it."""
+    optional = {field_name: (field.annotation | None, Field(None, description=field.description))
+                for model in models for field_name, field in model.model_fields.items() if field.is_required()}
+    return create_model(name, __base__=models, **optional)
+
+
+def fields(model: type[Params]) -> list[dict]:
+    """The model's parameters as the page builds its inputs from them: name, title, type ("integer",
+    "choice"), default, minimum and maximum or choices, with how to show them."""
+    schema = model.model_json_schema()
+    described = []
+    for name, prop in schema["properties"].items():
+        options = [option for option in prop.get("anyOf", [prop]) if option.get("type") != "null"]
+        field = {"name": name, "title": prop.get("title", name), "description": prop.get("description", ""),
+                 "required": name in schema.get("required", ()), "optional": len(options) < len(prop.get("anyOf", [prop])),
+                 **prop.get("x-shown", {})}
+        if "default" in prop:
+            field["default"] = prop["default"]
+        if "enum" in options[0]:
+            field.update(type="choice", choices=options[0]["enum"])
+        else:
+            field.update(type=options[0].get("type"), minimum=options[0].get("minimum"), maximum=options[0].get("maximum"))
+        described.append(field)
+    return described
+
+
+class FileQuery(Params):
+    index: int | None = Field(None, ge=0, description="in a batch: the entry whose thumbnail to download")
+
+
+class InvalidParameter(ValueError):
+    """A parameter failed validation; str() names it in one sentence."""
+
+
+def validate(model: type[Params], values: dict, strict: bool = False) -> Params:
+    """values as the model; strict for a JSON body, whose values carry their types (0 is not a boolean),
+    lax for query strings and form fields, which are all text ("100" is a width)."""
+    try:
+        return model.model_validate(values, strict=strict)
+    except ValidationError as exc:
+        raise InvalidParameter(describe(exc)) from None
+
+
+def describe(exc: ValidationError) -> str:
+    """One sentence naming the first bad parameter, what was wrong and what was given."""
+    error = exc.errors(include_url=False)[0]
+    name = ".".join(str(part) for part in error["loc"]) or "the request"
+    given = error.get("input")
+    shown = f" (got {given!r})" if isinstance(given, (str, int, float, bool)) else ""
+    return f"Invalid parameter {name}: {error['msg']}{shown}."

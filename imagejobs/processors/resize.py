@@ -1,0 +1,20 @@
+"""resize: a thumbnail of each image, written under <root>/resized/ in a folder named like its source's."""
+from pathlib import Path
+
+import Image
+from imagejobs import paths
+from imagejobs.processors import Work, each_image
+
+
+def process(work: Work):
+    yield from each_image(work, lambda path: thumbnail(work, path))
+
+
+def thumbnail(work: Work, path: Path) -> dict:
+    root, params, max_pixels = work.settings.images_root, work.params, work.settings.max_image_pixels
+    source = Image.read_size(path, max_pixels)
+    extension = Image.output_extension(source["format"], params.get("format"))
+    dest = paths.thumbnail_path(root, paths.relative(root, path), extension)
+    written = Image.make_thumbnail(path, dest, params.get("width", 100), params.get("height", 100),
+                                   params.get("fit", "contain"), params.get("format"), max_pixels)
+    return {"path": str(dest), **written}

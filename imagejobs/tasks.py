@@ -1,0 +1,108 @@
+"""A single job: enqueueing it (the API) and running it (a worker), and what any failed job says.
+
+  run_single(action, image, params)          one image; its entry's result is the job's result
+  run_whole(action, images, params, named)   an action over all the images at once (a plot)
+
+A batch's jobs are in batch.py. A single job with a bad image fails with that image's sentence and is
+not retried (a bad image stays bad); anything else is retried while JOB_RETRIES last.
+"""
+import logging
+import time
+
+from redis import Redis
+from rq import get_current_job
+from rq.exceptions import AbandonedJobError
+from rq.job import Job
+from rq.timeouts import JobTimeoutException
+
+from imagejobs import config, jobs
+from imagejobs.actions import ACTIONS, Action
+from imagejobs.config import Settings
+from imagejobs.processors import ImageJobError, Work
+from RedisConfig import queue
+
+log = logging.getLogger(__name__)
+
+
+# --- the API's side ---------------------------------------------------------------------------------
+
+def enqueue_single(redis: Redis, settings: Settings, action: Action, image: str, params: dict, job_id: str) -> Job:
+    return _enqueue(redis, settings, action, run_single, (action.name, image, params), jobs.options(
+        settings, job_id, action.name, jobs.SINGLE, on_failure))
+
+
+def enqueue_whole(redis: Redis, settings: Settings, action: Action, images: list[str], params: dict, job_id: str,
+                  named: str) -> Job:
+    """One job over all the images at once (a plot of a folder): its result is about them together."""
+    return _enqueue(redis, settings, action, run_whole, (action.name, images, params, named), jobs.options(
+        settings, job_id, action.name, jobs.SINGLE, on_failure, total=len(images)))
+
+
+def _enqueue(redis: Redis, settings: Settings, action: Action, func, args: tuple, options: dict) -> Job:
+    q = queue(action.queue, redis)
+    job = q.create_job(func, args=args, **options)
+    with redis.pipeline() as pipe:
+        q.enqueue_job(job, pipeline=pipe)
+        jobs.commit_unless_full(pipe, q, [job], settings.max_queue_depth)
+    return job
+
+
+# --- the worker's side ------------------------------------------------------------------------------
+
+def current_work(images: list[str], params: dict, named: str) -> Work:
+    """The Work of the job this worker runs now (a chunk's downloads go under its batch's id)."""
+    job = get_current_job()
+    return Work(images, params, named, job.meta.get("batch", job.id), config.settings, job.connection)
+
+
+def run_single(action: str, image: str, params: dict) -> dict:
+    started = time.perf_counter()
+    entry = only_entry(ACTIONS[action], current_work([image], params, image))
+    log.info("%s %s in %.1f ms%s", action, image, 1000 * (time.perf_counter() - started), " (failed)" if "error" in entry else "")
+    return result_of(entry)
+
+
+def run_whole(action: str, images: list[str], params: dict, named: str) -> dict:
+    """An action over all the images at once; a bad image here fails the job with its sentence."""
+    started = time.perf_counter()
+    entry = only_entry(ACTIONS[action], current_work(images, params, named))
+    log.info("%s of %s (%d images) in %.1f ms", action, named, len(images), 1000 * (time.perf_counter() - started))
+    return result_of(entry)
+
+
+def only_entry(action: Action, work: Work) -> dict:
+    return next(iter(action.process(work)))
+
+
+def result_of(entry: dict) -> dict:
+    """The entry's result, or ImageJobError with its sentence, which names the image."""
+    if "error" in entry:
+        raise ImageJobError(f"{entry['image']}: {entry['error']}")
+    return entry["result"]
+
+
+def on_failure(job: Job, redis: Redis, exc_type, exc_value, traceback) -> None:
+    """RQ calls this when a job raises, times out or is abandoned by a dead worker.
+
+    It stores the user's sentence in job.meta["error"], once retries are over. A bad image is not
+    retried; anything else is, while retries remain. Returns whether the job failed for good.
+    """
+    if exc_type is ImageJobError:
+        job.retries_left = 0
+    if job.should_retry:
+        log.warning("job %s failed (%s); retrying, %d retries left", job.id, exc_type.__name__, job.retries_left)
+        return False
+    job.meta["error"] = failure_sentence(job, exc_type, exc_value)
+    job.save_meta()
+    return True
+
+
+def failure_sentence(job: Job, exc_type, exc_value) -> str:
+    if exc_type is ImageJobError:
+        return str(exc_value)
+    if issubclass(exc_type, JobTimeoutException):
+        return (f"The job ran longer than its limit of {job.timeout} seconds (JOB_TIMEOUT) and was stopped; "
+                "raise the limit or send fewer or smaller images.")
+    if issubclass(exc_type, AbandonedJobError):
+        return "The worker running this job stopped before it finished, and retries ran out; submit it again."
+    return f"The job failed unexpectedly ({exc_type.__name__}); the worker log has details under job {job.id}."

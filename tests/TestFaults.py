@@ -1,0 +1,195 @@
+"""Faults, with real processes really killed: nothing is lost when a worker dies or Redis restarts,
+many API processes and workers process each image once, shutdowns are graceful, timeouts are reported.
+
+Each test runs `python run.py` against a Redis the test owns (AOF on), so it can stop and start it."""
+import re
+import secrets
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+from PIL import Image as PILImage
+
+from imagejobs import embedded_redis
+from imagejobs.embedded_redis import free_port
+from tests.support import RunningService, copy_sample
+
+SLOW = {"width": "2000", "height": "2000", "fit": "stretch", "format": "png"}  # about a second per image
+
+
+class OwnRedis:
+    """A redis-server with AOF (fsync every second) on a fixed port and folder, to stop and start again."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.port, self.password = folder, free_port(), secrets.token_urlsafe(12)
+        self.url = embedded_redis.url(self.port, self.password)
+        self.start()
+
+    def start(self):
+        self.process = embedded_redis.start(self.folder, self.port, self.password, appendonly=True)
+        embedded_redis.wait_until_up(self.url, self.process, timeout=20)
+
+    def stop(self, sig=signal.SIGTERM):
+        self.process.send_signal(sig)
+        self.process.wait(10)
+        self.process.stderr.close()
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    server = OwnRedis(tmp_path / "redis")
+    yield server
+    if server.process.poll() is None:
+        server.stop()
+
+
+def start_service(tmp_path, redis_server, *args, **env) -> tuple[RunningService, str]:
+    service = RunningService(tmp_path, "--no-classifier", "--port", str(free_port()), *args,
+                             env={"REDIS_URL": redis_server.url, **env})
+    return service, service.url()
+
+
+@pytest.fixture
+def stop_afterwards():
+    services = []
+    yield services.append
+    for service in services:
+        if service.process.poll() is None:
+            service.interrupt()
+
+
+def photo_folder(images: Path, name: str, count: int) -> str:
+    for index in range(count):
+        copy_sample("castle_image.jpg", images / name / f"p{index:02d}.jpg")
+    return name
+
+
+def result(url: str, job_id: str, within: float) -> dict:
+    """The job's final answer, waiting through the API (and through Redis outages) for up to `within` s."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            answer = requests.get(f"{url}result/{job_id}", params={"wait": 10}, timeout=20)
+        except requests.ConnectionError:
+            time.sleep(1)
+            continue
+        if answer.status_code == 200:
+            return answer.json()
+        time.sleep(0.2 if answer.status_code == 202 else 1)
+    raise AssertionError(f"job {job_id} did not end within {within} s")
+
+
+def progress(url: str, job_id: str) -> dict:
+    return requests.get(f"{url}result/{job_id}", timeout=10).json().get("progress") or {}
+
+
+def workers_of(service: RunningService) -> list[psutil.Process]:
+    return [child for child in service.descendants() if "worker.py" in " ".join(child.cmdline())]
+
+
+def wait_until(condition, within: float, what: str):
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+def slow_batch(tmp_path, redis_server, stop_afterwards, name: str, count: int, workers: str, chunk: str):
+    """The service, and a batch of slow thumbnails that it has started on: (service, url, folder, jobId)."""
+    service, url = start_service(tmp_path, redis_server, "--workers", workers, CHUNK_SIZE=chunk)
+    stop_afterwards(service)
+    folder = photo_folder(service.images, name, count)
+    job_id = requests.post(url + "imageapi", data={"imagePath": folder, **SLOW}, timeout=10).json()["jobId"]
+    wait_until(lambda: progress(url, job_id).get("done", 0) >= 1, 60, "the batch never started")
+    return service, url, folder, job_id
+
+
+def assert_every_image_once(done: dict, folder: str, count: int):
+    entries = done["result"]["images"]
+    assert done["status"] == "finished" and (done["result"]["done"], done["result"]["failed"]) == (count, 0), done["result"]
+    assert sorted(entry["image"] for entry in entries) == [f"{folder}/p{index:02d}.jpg" for index in range(count)]
+
+
+def test_a_worker_killed_mid_batch_loses_nothing(tmp_path, redis_server, stop_afterwards):
+    service, url, folder, job_id = slow_batch(tmp_path, redis_server, stop_afterwards, "killed", 8, workers="2", chunk="2")
+    victim = workers_of(service)[0]
+    victim.send_signal(signal.SIGKILL)  # mid-chunk: its job is abandoned, found by the heartbeat, retried
+    done = result(url, job_id, within=180)
+    assert_every_image_once(done, folder, 8)
+    for index in range(8):
+        with PILImage.open(service.images / "resized" / folder / f"p{index:02d}_resized.png") as thumb:
+            assert thumb.size == (2000, 2000)  # every thumbnail whole (written atomically, idempotently)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_redis_restarted_mid_batch_loses_nothing(tmp_path, redis_server, stop_afterwards, sig):
+    service, url, folder, job_id = slow_batch(tmp_path, redis_server, stop_afterwards, "restart", 8, workers="2", chunk="2")
+    time.sleep(1.2)  # AOF fsyncs every second
+    redis_server.stop(sig)
+    down = [requests.get(url + path, timeout=15) for path in ("health", f"result/{job_id}")]
+    assert [answer.status_code for answer in down] == [503, 503]  # not a 500, not a hang
+    assert all("error" in answer.json() for answer in down)
+    time.sleep(2)
+    redis_server.start()  # the same port and data
+    done = result(url, job_id, within=180)
+    assert_every_image_once(done, folder, 8)
+    assert requests.get(url + "health", timeout=10).json()["workers"] == 2  # the workers reconnected
+
+
+def test_many_api_processes_and_workers_process_each_image_once(tmp_path, redis_server, stop_afterwards):
+    service, url = start_service(tmp_path, redis_server, "--workers", "3", API_PROCESSES="3", CHUNK_SIZE="4")
+    stop_afterwards(service)
+    folders = [photo_folder(service.images, f"many{n}", 12) for n in range(4)]
+    with ThreadPoolExecutor(8) as pool:
+        ids = list(pool.map(lambda f: requests.post(url + "imageapi", data={"imagePath": f, "action": "size"}, timeout=10).json()["jobId"], folders))
+        answers = list(pool.map(lambda job_id: result(url, job_id, within=60), ids))
+    for folder, done in zip(folders, answers):
+        assert_every_image_once(done, folder, 12)
+    service.interrupt()
+    # Each chunk ran exactly once, in exactly one worker: no two consumers both took a job.
+    lines = "".join(path.read_text() for path in (tmp_path / "logs").glob("worker-*.log"))
+    for job_id in ids:
+        runs = re.findall(rf"size chunk (\d+) of batch {job_id}:", lines)
+        assert sorted(runs) == ["0", "1", "2"], (job_id, runs)
+
+
+def test_sigterm_lets_a_worker_finish_its_job(tmp_path, redis_server, stop_afterwards):
+    service, url, folder, job_id = slow_batch(tmp_path, redis_server, stop_afterwards, "graceful", 4, workers="1", chunk="4")
+    worker = workers_of(service)[0]
+    worker.send_signal(signal.SIGTERM)
+    worker.wait(60)  # it stops only after the chunk it holds
+    assert progress(url, job_id) == {"done": 4, "failed": 0, "total": 4}  # every image done before it left
+    assert_every_image_once(result(url, job_id, within=60), folder, 4)  # run.py's new worker gathers the batch
+    service.interrupt()
+    lines = "".join(path.read_text() for path in (tmp_path / "logs").glob("worker-*.log"))
+    assert len(re.findall(rf"resize chunk 0 of batch {job_id}:", lines)) == 1  # finished, not abandoned and re-run
+
+
+def test_sigterm_lets_the_api_answer_requests_in_flight(tmp_path, redis_server, stop_afterwards):
+    service, url = start_service(tmp_path, redis_server, "--workers", "1")
+    stop_afterwards(service)
+    copy_sample("castle_image.jpg", service.images / "a.jpg")
+    job_id = requests.post(url + "imageapi", data={"imagePath": "a.jpg", **SLOW}, timeout=10).json()["jobId"]
+    api = next(child for child in service.descendants() if "gunicorn" in " ".join(child.cmdline()) and child.parent().pid == service.process.pid)
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(requests.get, f"{url}result/{job_id}", params={"wait": 15}, timeout=30)
+        time.sleep(0.5)
+        api.send_signal(signal.SIGTERM)
+        answer = waiting.result()
+    assert answer.status_code == 200 and answer.json()["status"] == "finished"
+
+
+def test_a_job_over_its_time_limit_fails_with_the_limit_named(tmp_path, redis_server, stop_afterwards):
+    service, url = start_service(tmp_path, redis_server, "--workers", "1", JOB_TIMEOUT="1", JOB_RETRIES="0")
+    stop_afterwards(service)
+    copy_sample("castle_image.jpg", service.images / "a.jpg")
+    slow = requests.post(url + "imageapi", data={"imagePath": "a.jpg", "width": "4096", "height": "4096",
+                                                 "fit": "stretch", "format": "png"}, timeout=10).json()["jobId"]
+    failed = result(url, slow, within=60)
+    assert failed["status"] == "failed" and "limit of 1 seconds (JOB_TIMEOUT)" in failed["error"]
+    quick = requests.get(url + "imageapi", params={"imagePath": "a.jpg"}, timeout=10).json()["jobId"]
+    assert result(url, quick, within=30)["status"] == "finished"  # the worker lives on
