@@ -62,9 +62,7 @@ def output_extension(src_format, fmt) -> str:
     return _EXTENSIONS[_output_format(src_format, fmt)]
 
 
-def make_thumbnail(
-    src, dest, width=100, height=100, fit="contain", fmt=None, max_pixels=DEFAULT_MAX_PIXELS
-) -> dict:
+def make_thumbnail(src, dest, width=100, height=100, fit="contain", fmt=None, max_pixels=DEFAULT_MAX_PIXELS) -> dict:
     """Write a thumbnail of src to dest atomically; return {"width", "height", "format"} of what was written.
 
     fit: "contain" keeps the aspect ratio inside width x height and never upscales; "cover"
@@ -90,7 +88,8 @@ def make_thumbnail(
 
 
 def open_rgb(path, max_pixels: int, min_side: int) -> Image.Image:
-    """The first frame of path decoded as an upright (EXIF-transposed) RGB image, fully loaded and detached from the file.
+    """The first frame of path decoded as an upright (EXIF-transposed) RGB image, fully loaded and
+    detached from the file.
 
     A JPEG is decoded reduced (draft) as far as keeps its short side at least min_side (or
     whole, if it is smaller than that already). Alpha is flattened onto white and 16-bit or

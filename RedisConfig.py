@@ -3,6 +3,7 @@
 Jobs are (de)serialized as JSON, never pickle: whoever can write to Redis must not be able to make a
 worker run code. Connections retry with backoff, so a Redis restart is ridden out, not fatal.
 """
+
 from functools import cache
 from urllib.parse import urlsplit
 
@@ -32,7 +33,8 @@ def redis_url(configured: Settings = settings) -> str:
     """REDIS_URL, once it is set (and has a password, when REQUIRE_REDIS_AUTH asks for one)."""
     if not configured.redis_url:
         raise RedisNotConfigured(
-            "REDIS_URL is not set: start the service with `python run.py`, which starts an embedded Redis, or set REDIS_URL"
+            "REDIS_URL is not set: start the service with `python run.py`, which starts an embedded Redis, "
+            "or set REDIS_URL"
         )
     if configured.require_redis_auth and not urlsplit(configured.redis_url).password:
         raise RedisNotConfigured(f"REQUIRE_REDIS_AUTH is set but REDIS_URL ({configured.redis_url}) has no password")

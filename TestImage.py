@@ -111,7 +111,9 @@ def test_read_size_reads_only_the_header(tmp_path, monkeypatch):
 
 OPERATIONS = {
     "read_size": lambda path, limit=LIMIT: Image.read_size(path, limit),
-    "make_thumbnail": lambda path, limit=LIMIT: Image.make_thumbnail(path, path.parent / "out" / "t.png", max_pixels=limit),
+    "make_thumbnail": lambda path, limit=LIMIT: Image.make_thumbnail(
+        path, path.parent / "out" / "t.png", max_pixels=limit
+    ),
 }
 
 
@@ -391,9 +393,7 @@ def test_every_source_mode_into_every_format(tmp_path, mode, fmt):
         assert grey.getpixel((2, 7)) > grey.getpixel((17, 7)) + 20
 
 
-@pytest.mark.parametrize(
-    ("mode", "fmt"), [("I;16", "PNG"), ("I;16B", "TIFF"), ("I", "TIFF")]
-)
+@pytest.mark.parametrize(("mode", "fmt"), [("I;16", "PNG"), ("I;16B", "TIFF"), ("I", "TIFF")])
 def test_16_bit_gradient_keeps_its_spread(tmp_path, mode, fmt):
     # A horizontal 0..65535 gradient: convert("L") would clip everything above 255 to white.
     source = PILImage.new(mode, (512, 8))
@@ -419,7 +419,9 @@ def transparent_source(tmp_path, kind) -> Path:
     if kind == "LA":
         return write(tmp_path / "la.png", encode(halves("LA", (100, 255), (0, 0)), "PNG"))
     if kind == "RGBA.webp":
-        return write(tmp_path / "rgba.webp", encode(halves("RGBA", (255, 0, 0, 255), (0, 0, 0, 0)), "WEBP", lossless=True))
+        return write(
+            tmp_path / "rgba.webp", encode(halves("RGBA", (255, 0, 0, 255), (0, 0, 0, 0)), "WEBP", lossless=True)
+        )
     if kind == "RGBA":
         return write(tmp_path / "rgba.png", encode(halves("RGBA", (255, 0, 0, 255), (0, 0, 0, 0)), "PNG"))
     palette = halves("P", 0, 1)
@@ -499,7 +501,9 @@ def test_output_extension(src_format, fmt, extension):
     assert Image.output_extension(src_format, fmt) == extension
 
 
-@pytest.mark.parametrize(("name", "pil_format"), [("a.gif", "GIF"), ("a.bmp", "BMP"), ("a.webp", "WEBP"), ("a.jpg", "JPEG")])
+@pytest.mark.parametrize(
+    ("name", "pil_format"), [("a.gif", "GIF"), ("a.bmp", "BMP"), ("a.webp", "WEBP"), ("a.jpg", "JPEG")]
+)
 def test_output_extension_matches_what_is_written(tmp_path, name, pil_format):
     path = write(tmp_path / name, encode(PILImage.new("RGB", (30, 20), "red"), pil_format))
     extension = Image.output_extension(Image.read_size(path, LIMIT)["format"], None)

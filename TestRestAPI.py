@@ -1,4 +1,5 @@
 """Every route and error path of the API, through Flask's test client, with real workers and Redis behind it."""
+
 import dataclasses
 import io
 import json
@@ -23,6 +24,7 @@ PHOTO = "castle_image.jpg"
 
 
 # --- size --------------------------------------------------------------------------------------------
+
 
 def test_size_of_one_image_by_get(client, folder, images_root):
     copy_sample(PHOTO, folder / "a.jpg")
@@ -57,6 +59,7 @@ def test_image_path_absolute_inside_root_and_container_form(client, folder, imag
 
 # --- resize and the file route -------------------------------------------------------------------------
 
+
 def test_resize_by_default_writes_mirrored_thumbnail_and_serves_it(client, folder, images_root):
     copy_sample(PHOTO, folder / "Japan" / "a.jpg")
     copy_sample("CogentLabs.jpg", folder / "Korea" / "a.jpg")
@@ -71,15 +74,24 @@ def test_resize_by_default_writes_mirrored_thumbnail_and_serves_it(client, folde
             assert thumb.size == (result["width"], result["height"]) and max(thumb.size) == 100
     download = client.get(f"/result/file?jobId={first['jobId']}")
     assert download.status_code == 200 and download.mimetype == "image/jpeg"
-    assert f'filename={first["jobId"]}.jpg' in download.headers["Content-Disposition"]
+    assert f"filename={first['jobId']}.jpg" in download.headers["Content-Disposition"]
     assert download.data == Path(made[0]["path"]).read_bytes()
 
 
 @pytest.mark.parametrize("fit, size", [("contain", (120, 90)), ("cover", (120, 40)), ("stretch", (120, 40))])
 def test_resize_parameters(client, folder, images_root, fit, size):
     PILImage.new("RGB", (400, 300), "navy").save(folder / "wide.png")
-    body = submit(client, "POST", json={"imagePath": rel(folder / "wide.png", images_root), "width": 120,
-                                        "height": 40 if fit != "contain" else 120, "fit": fit, "format": "webp"})
+    body = submit(
+        client,
+        "POST",
+        json={
+            "imagePath": rel(folder / "wide.png", images_root),
+            "width": 120,
+            "height": 40 if fit != "contain" else 120,
+            "fit": fit,
+            "format": "webp",
+        },
+    )
     result = result_of(client, body["jobId"])["result"]
     assert result["path"].endswith("wide_resized.webp")
     with PILImage.open(result["path"]) as thumb:
@@ -97,22 +109,34 @@ def test_file_route_answers_404_for_unknown_and_fileless_jobs(client, folder, im
 
 # --- bad input: a sentence naming the problem, nothing enqueued ------------------------------------------
 
-@pytest.mark.parametrize("values, named", [
-    ({"width": "0"}, "width"), ({"width": "4097"}, "width"), ({"height": "abc"}, "height"),
-    ({"width": "1.5"}, "width"), ({"fit": "squash"}, "fit"), ({"format": "gif"}, "format"),
-    ({"action": "explode"}, "action"), ({"recursive": "maybe"}, "recursive"),
-])
+
+@pytest.mark.parametrize(
+    "values, named",
+    [
+        ({"width": "0"}, "width"),
+        ({"width": "4097"}, "width"),
+        ({"height": "abc"}, "height"),
+        ({"width": "1.5"}, "width"),
+        ({"fit": "squash"}, "fit"),
+        ({"format": "gif"}, "format"),
+        ({"action": "explode"}, "action"),
+        ({"recursive": "maybe"}, "recursive"),
+    ],
+)
 def test_bad_parameters_are_refused_before_anything_is_enqueued(client, folder, images_root, values, named):
     copy_sample(PHOTO, folder / "a.jpg")
     before = queue("images").count, len(os.listdir(images_root))
     answer = client.post("/imageapi", data={"imagePath": rel(folder / "a.jpg", images_root), **values})
-    # e.g. width=4097 -> 400 {"error": "Invalid parameter width: Input should be less than or equal to 4096 (got '4097')."}
+    # e.g. width=4097 -> 400
+    # {"error": "Invalid parameter width: Input should be less than or equal to 4096 (got '4097')."}
     assert answer.status_code == 400
     assert named in answer.get_json()["error"]
     assert (queue("images").count, len(os.listdir(images_root))) == before
 
 
-@pytest.mark.parametrize("given", ["../outside.jpg", "/etc/passwd", "{folder}/../../outside.jpg", "{folder}/link-out/passwd"])
+@pytest.mark.parametrize(
+    "given", ["../outside.jpg", "/etc/passwd", "{folder}/../../outside.jpg", "{folder}/link-out/passwd"]
+)
 def test_paths_outside_the_root_are_refused(client, folder, images_root, given):
     (folder / "link-out").symlink_to("/etc")  # a symlink inside the root that leads out of it
     given = given.format(folder=rel(folder, images_root))
@@ -144,6 +168,7 @@ def test_json_body_must_be_an_object_and_other_bodies_are_unsupported(client):
 
 
 # --- batches -------------------------------------------------------------------------------------------
+
 
 def test_folder_batch_has_one_entry_per_image_and_bad_ones_fail_alone(client, folder, images_root):
     for index in range(6):
@@ -196,9 +221,11 @@ def test_batch_progress_while_it_runs(folder, images_root, redis_url):
 
 # --- uploads -------------------------------------------------------------------------------------------
 
+
 def test_one_upload_is_one_job_stored_under_uploads(client, images_root):
-    body = submit(client, "POST", data={"image": (io.BytesIO(jpeg_bytes()), "café 東京.jpg")},
-                  content_type="multipart/form-data")
+    body = submit(
+        client, "POST", data={"image": (io.BytesIO(jpeg_bytes()), "café 東京.jpg")}, content_type="multipart/form-data"
+    )
     stored = images_root / "uploads" / body["jobId"] / "café 東京.jpg"
     assert stored.is_file()
     result = result_of(client, body["jobId"])["result"]
@@ -206,8 +233,11 @@ def test_one_upload_is_one_job_stored_under_uploads(client, images_root):
 
 
 def test_several_uploads_make_one_batch_with_per_file_errors(client, images_root):
-    files = [(io.BytesIO(jpeg_bytes()), "a.jpg"), (io.BytesIO(jpeg_bytes(color="red")), "a.jpg"),
-             (io.BytesIO(b"%PDF-1.4 not an image"), "../../evil.jpg")]
+    files = [
+        (io.BytesIO(jpeg_bytes()), "a.jpg"),
+        (io.BytesIO(jpeg_bytes(color="red")), "a.jpg"),
+        (io.BytesIO(b"%PDF-1.4 not an image"), "../../evil.jpg"),
+    ]
     body = submit(client, "POST", data={"image": files, "action": "size"}, content_type="multipart/form-data")
     result = result_of(client, body["jobId"])["result"]
     names = [Path(entry["image"]).name for entry in result["images"]]
@@ -217,11 +247,16 @@ def test_several_uploads_make_one_batch_with_per_file_errors(client, images_root
 
 
 def test_upload_in_the_wrong_field_or_with_a_path_is_refused(client, folder, images_root):
-    answer = client.post("/imageapi", data={"file": (io.BytesIO(jpeg_bytes()), "a.jpg")}, content_type="multipart/form-data")
+    answer = client.post(
+        "/imageapi", data={"file": (io.BytesIO(jpeg_bytes()), "a.jpg")}, content_type="multipart/form-data"
+    )
     assert answer.status_code == 400 and "'image'" in answer.get_json()["error"]
     copy_sample(PHOTO, folder / "a.jpg")
-    answer = client.post("/imageapi", data={"image": (io.BytesIO(jpeg_bytes()), "b.jpg"),
-                                            "imagePath": rel(folder / "a.jpg", images_root)}, content_type="multipart/form-data")
+    answer = client.post(
+        "/imageapi",
+        data={"image": (io.BytesIO(jpeg_bytes()), "b.jpg"), "imagePath": rel(folder / "a.jpg", images_root)},
+        content_type="multipart/form-data",
+    )
     assert answer.status_code == 400 and "one way" in answer.get_json()["error"]
 
 
@@ -229,13 +264,16 @@ def test_oversize_upload_gets_413(app, client):
     limit = app.config["MAX_CONTENT_LENGTH"]
     app.config["MAX_CONTENT_LENGTH"] = 1000
     try:
-        answer = client.post("/imageapi", data={"image": (io.BytesIO(b"x" * 5000), "big.jpg")}, content_type="multipart/form-data")
+        answer = client.post(
+            "/imageapi", data={"image": (io.BytesIO(b"x" * 5000), "big.jpg")}, content_type="multipart/form-data"
+        )
     finally:
         app.config["MAX_CONTENT_LENGTH"] = limit
     assert answer.status_code == 413 and "MAX_UPLOAD_MB" in answer.get_json()["error"]
 
 
 # --- failures and results ------------------------------------------------------------------------------
+
 
 def test_a_bad_single_image_fails_with_a_sentence_and_no_retry(client, folder, images_root):
     (folder / "text.jpg").write_text("hello")
@@ -265,7 +303,9 @@ def test_wait_must_be_0_to_30(client, folder, images_root):
 
 def test_submit_with_wait_answers_the_result_in_one_request(client, folder, images_root):
     copy_sample(PHOTO, folder / "a.jpg")
-    answer = client.post("/imageapi", data={"action": "size", "imagePath": rel(folder / "a.jpg", images_root), "wait": "20"})
+    answer = client.post(
+        "/imageapi", data={"action": "size", "imagePath": rel(folder / "a.jpg", images_root), "wait": "20"}
+    )
     assert answer.status_code == 200, answer.get_json()
     body = answer.get_json()
     assert body["status"] == "finished" and body["result"]["format"] == "JPEG"
@@ -314,6 +354,7 @@ def test_job_arguments_are_stored_as_json_not_pickle(client, folder, images_root
 
 # --- routes for operators, and errors as JSON ------------------------------------------------------------
 
+
 def test_health_reports_redis_workers_and_queues(client):
     answer = client.get("/health")
     assert answer.status_code == 200
@@ -327,11 +368,15 @@ def test_workers_stay_registered_while_they_wait_for_work(client, folder, images
     from the registry (GET /health then counts one worker fewer)."""
     copy_sample(PHOTO, folder / "a.jpg")
     for _ in range(4):  # enough jobs to reach both workers
-        result_of(client, submit(client, "GET", query_string={"imagePath": rel(folder / "a.jpg", images_root)})["jobId"])
+        result_of(
+            client, submit(client, "GET", query_string={"imagePath": rel(folder / "a.jpg", images_root)})["jobId"]
+        )
     redis = connection()
     deadline = time.monotonic() + 5  # each worker renews its key right after its job
     while min(redis.ttl(worker.key) for worker in Worker.all(connection=redis)) <= WORKER_TTL - 15:
-        assert time.monotonic() < deadline, {worker.name: redis.ttl(worker.key) for worker in Worker.all(connection=redis)}
+        assert time.monotonic() < deadline, {
+            worker.name: redis.ttl(worker.key) for worker in Worker.all(connection=redis)
+        }
         time.sleep(0.1)
 
 

@@ -5,6 +5,7 @@ folder (never the machine's own Redis), and the environment points every process
 temporary images root. Workers are started with the same command the containers run. Helpers that
 are not fixtures are in tests/support.py.
 """
+
 import os
 import re
 import secrets
@@ -41,8 +42,14 @@ def pytest_configure(config):
     embedded_redis.wait_until_up(url, process)
     (base / "images").mkdir()
     # Image URLs may reach the tests' own servers on loopback; every other private range stays refused.
-    os.environ.update({"REDIS_URL": url, "IMAGES_DIR": str(base / "images"), "LOGS_DIR": str(base / "logs"),
-                       "ALLOWED_URL_NETWORKS": "127.0.0.0/8"})
+    os.environ.update(
+        {
+            "REDIS_URL": url,
+            "IMAGES_DIR": str(base / "images"),
+            "LOGS_DIR": str(base / "logs"),
+            "ALLOWED_URL_NETWORKS": "127.0.0.0/8",
+        }
+    )
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     _session.update(base=base, redis=process, url=url, port=port, password=password)
 
@@ -97,6 +104,7 @@ def configured(workers):
 
     def configure(**changes):
         return create_app(Settings(**{**settings.model_dump(), **changes})).test_client()
+
     return configure
 
 
@@ -110,6 +118,7 @@ def folder(images_root, request) -> Path:
 
 
 # --- local HTTP servers that image URLs point at -----------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def server4():

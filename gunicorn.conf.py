@@ -4,6 +4,7 @@ container, in run.py and in the end-to-end tests).
 Threads matter more than processes here: a `GET /result?wait=30` holds its thread in a blocking Redis
 read, so each process serves many requests at once with the gthread worker.
 """
+
 import os
 import tempfile
 
@@ -30,9 +31,13 @@ def when_ready(server):
     if settings.tokens:
         server.log.info("API_TOKENS set: every route but /health needs a bearer token; listening on %s", bind)
     elif settings.listen_host in ("127.0.0.1", "::1", "localhost"):
-        server.log.info("No API_TOKENS: listening on %s only; set API_TOKENS (and BIND_HOST) to serve other machines", bind)
+        server.log.info(
+            "No API_TOKENS: listening on %s only; set API_TOKENS (and BIND_HOST) to serve other machines", bind
+        )
     else:
-        server.log.warning("No API_TOKENS but BIND_HOST=%s: anyone who reaches %s can use the API", settings.listen_host, bind)
+        server.log.warning(
+            "No API_TOKENS but BIND_HOST=%s: anyone who reaches %s can use the API", settings.listen_host, bind
+        )
 
 
 def post_worker_init(worker):

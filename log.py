@@ -7,6 +7,7 @@ A line reads::
 The message is escaped (control characters, quotes, backslashes), so user input inside it
 can never start a new line or close the quoted field: a log line cannot be forged.
 """
+
 import logging
 import os
 import socket
@@ -71,9 +72,15 @@ def setup_logging(service: str, level: int = logging.INFO) -> logging.Logger:
     handlers = [logging.StreamHandler(sys.stdout)]
     try:
         settings.logs_dir.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(settings.logs_dir / f"{service}-{socket.gethostname()}-{os.getpid()}.log", encoding="utf-8"))
+        handlers.append(
+            logging.FileHandler(
+                settings.logs_dir / f"{service}-{socket.gethostname()}-{os.getpid()}.log", encoding="utf-8"
+            )
+        )
     except OSError as exc:
-        print(f"logs folder {settings.logs_dir} is not writable ({exc.strerror}); logging to stdout only", file=sys.stderr)
+        print(
+            f"logs folder {settings.logs_dir} is not writable ({exc.strerror}); logging to stdout only", file=sys.stderr
+        )
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)

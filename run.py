@@ -1,10 +1,12 @@
-"""The whole service on one machine, without Docker: `python run.py [--port 5000] [--workers N] [--no-classifier] [--dashboard]`.
+"""The whole service on one machine, without Docker:
+`python run.py [--port 5000] [--workers N] [--no-classifier] [--dashboard]`.
 
 With REDIS_URL unset it starts a private redis-server (AOF on, data under ./data, a password made for
 this run), then the workers and the API, with the same commands the containers run. It prints the URL
 once /health answers. Ctrl+C (or SIGTERM) stops everything: the API and the workers first (a worker
 finishes its job if it can), Redis last; anything still alive after 10 s is killed.
 """
+
 import argparse
 import json
 import os
@@ -34,12 +36,22 @@ class CannotStart(Exception):
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description="Run the image job service: Redis (unless REDIS_URL is set), workers and the API.")
+    parser = argparse.ArgumentParser(
+        description="Run the image job service: Redis (unless REDIS_URL is set), workers and the API."
+    )
     parser.add_argument("--port", type=int, default=settings.port, help="the API's port (default: PORT or 5000)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="size/resize workers (default: CPU cores)")
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="size/resize workers (default: CPU cores)"
+    )
     parser.add_argument("--no-classifier", action="store_true", help="do not start the classify worker")
-    parser.add_argument("--dashboard", type=int, nargs="?", const=DASHBOARD_PORT, metavar="PORT",
-                        help=f"also run rq-dashboard on 127.0.0.1 (default port {DASHBOARD_PORT})")
+    parser.add_argument(
+        "--dashboard",
+        type=int,
+        nargs="?",
+        const=DASHBOARD_PORT,
+        metavar="PORT",
+        help=f"also run rq-dashboard on 127.0.0.1 (default port {DASHBOARD_PORT})",
+    )
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be at least 1")
@@ -48,7 +60,10 @@ def parse_args(argv):
 
 def check_images_folder() -> None:
     if not settings.images_dir.is_dir():
-        raise CannotStart(f"the images folder {settings.images_dir} does not exist: create it (mkdir {settings.images_dir}) or set IMAGES_DIR")
+        raise CannotStart(
+            f"the images folder {settings.images_dir} does not exist: "
+            f"create it (mkdir {settings.images_dir}) or set IMAGES_DIR"
+        )
 
 
 def check_port_free(port: int) -> None:
@@ -56,7 +71,9 @@ def check_port_free(port: int) -> None:
         try:
             sock.bind((settings.listen_host, port))
         except OSError as exc:
-            raise CannotStart(f"port {port} on {settings.listen_host} is not free ({exc.strerror}): stop what uses it or pass --port") from None
+            raise CannotStart(
+                f"port {port} on {settings.listen_host} is not free ({exc.strerror}): stop what uses it or pass --port"
+            ) from None
 
 
 class Child:
@@ -149,22 +166,32 @@ def wait_for_health(stack: Stack, url: str, workers: int, timeout: float = 60) -
         except OSError:
             pass
         time.sleep(0.1)
-    raise CannotStart(f"the API did not answer {url}health with {workers} workers within {timeout:.0f} s; see {settings.logs_dir}")
+    raise CannotStart(
+        f"the API did not answer {url}health with {workers} workers within {timeout:.0f} s; see {settings.logs_dir}"
+    )
 
 
 def serve(args, stack: Stack) -> int:
     check_images_folder()
     check_port_free(args.port)
-    env = {**os.environ, "REDIS_URL": stack.start_redis(), "PORT": str(args.port),
-           "IMAGES_DIR": str(settings.images_root), "LOGS_DIR": str(settings.logs_dir.resolve())}
+    env = {
+        **os.environ,
+        "REDIS_URL": stack.start_redis(),
+        "PORT": str(args.port),
+        "IMAGES_DIR": str(settings.images_root),
+        "LOGS_DIR": str(settings.logs_dir.resolve()),
+    }
     for number in range(args.workers):
         stack.spawn(f"worker {number + 1}", WORKER_COMMAND + ["images"], env, restart=True)
     if not args.no_classifier:
         stack.spawn("classifier", WORKER_COMMAND + ["classify"], env, restart=True)
     stack.spawn("api", API_COMMAND, env)
     if args.dashboard:  # the Redis URL goes by environment, not on a command line anyone can read
-        stack.spawn("rq-dashboard", [sys.executable, "-m", "rq_dashboard", "--bind", "127.0.0.1", "--port", str(args.dashboard)],
-                    {**env, "RQ_DASHBOARD_REDIS_URL": env["REDIS_URL"]})
+        stack.spawn(
+            "rq-dashboard",
+            [sys.executable, "-m", "rq_dashboard", "--bind", "127.0.0.1", "--port", str(args.dashboard)],
+            {**env, "RQ_DASHBOARD_REDIS_URL": env["REDIS_URL"]},
+        )
     host = "127.0.0.1" if settings.listen_host in ("0.0.0.0", "::") else settings.listen_host
     url = f"http://{host}:{args.port}/"
     wait_for_health(stack, url, args.workers + (not args.no_classifier))
@@ -180,7 +207,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     stack = Stack()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started in the background, where SIGINT is ignored
+    signal.signal(
+        signal.SIGINT, signal.default_int_handler
+    )  # even when started in the background, where SIGINT is ignored
     try:
         return serve(args, stack)
     except CannotStart as exc:

@@ -6,6 +6,7 @@ containers, run.py and the tests start.
 `python worker.py --check` exits 0 when Redis answers and a worker of this host is registered (the
 container healthcheck).
 """
+
 import argparse
 import logging
 import socket
@@ -30,7 +31,9 @@ def healthy() -> bool:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("queues", nargs="*", help=f"queues to serve: {', '.join(QUEUE_NAMES)}")
-    parser.add_argument("--check", action="store_true", help="exit 0 if Redis answers and a worker of this host is registered")
+    parser.add_argument(
+        "--check", action="store_true", help="exit 0 if Redis answers and a worker of this host is registered"
+    )
     args = parser.parse_args(argv)
     if args.check:
         return 0 if healthy() else 1
@@ -43,8 +46,14 @@ def main(argv=None) -> int:
     if CLASSIFY_QUEUE in args.queues:
         classify.warm_up(settings)  # the model loads here, and only in a classify worker
     redis = connection()
-    worker = ImageWorker([queue(name, redis) for name in args.queues], connection=redis, serializer=SERIALIZER,
-                         job_class=TrustedJob, worker_ttl=WORKER_TTL, maintenance_interval=MAINTENANCE_INTERVAL)
+    worker = ImageWorker(
+        [queue(name, redis) for name in args.queues],
+        connection=redis,
+        serializer=SERIALIZER,
+        job_class=TrustedJob,
+        worker_ttl=WORKER_TTL,
+        maintenance_interval=MAINTENANCE_INTERVAL,
+    )
     log.info("worker %s serving %s", worker.name, ", ".join(args.queues))
     worker.work(logging_level="WARNING")
     return 0

@@ -3,6 +3,7 @@
 Nothing here talks to the machine's own Redis (port 6379): every Redis is one run.py starts or one
 started here with embedded_redis.start on a free port.
 """
+
 import datetime
 import http.client
 import json
@@ -30,10 +31,15 @@ from imagejobs import embedded_redis  # noqa: E402  (after the path is set)
 
 # --- output -----------------------------------------------------------------------------------------
 
+
 def commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, timeout=10).stdout.strip() or "unknown"
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            or "unknown"
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
@@ -41,8 +47,15 @@ def commit() -> str:
 def dirty() -> bool | None:
     """Whether tracked files differ from HEAD (the service measured is the work tree, not the commit)."""
     try:
-        return bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                                   capture_output=True, text=True, timeout=10).stdout.strip())
+        return bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+        )
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -70,15 +83,25 @@ def report(bench: str, rows: list[tuple], figures: dict) -> None:
         for name, value, baseline, r in rows
     ]
     widths = [max(len(row[i]) for row in cells) for i in range(4)]
-    line = lambda row: "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) + " |"
+
+    def line(row):
+        return (
+            "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) + " |"
+        )
+
     print(line(cells[0]))
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in cells[1:]:
         print(line(row))
     figures = {**figures, "loadavg_1m_at_end": os.getloadavg()[0]}  # others' work on the machine shows up here
-    record = {"bench": bench, "figures": figures, "cores": os.cpu_count(),
-              "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "commit": commit(),
-              "worktree_dirty": dirty()}
+    record = {
+        "bench": bench,
+        "figures": figures,
+        "cores": os.cpu_count(),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "commit": commit(),
+        "worktree_dirty": dirty(),
+    }
     with RESULTS.open("a", encoding="utf-8") as file:
         file.write(json.dumps(record) + "\n")
     sys.stdout.flush()
@@ -101,6 +124,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 # --- Redis of our own ----------------------------------------------------------------------------------
+
 
 @contextmanager
 def own_redis(data_dir: Path, appendonly: bool = False):
@@ -133,6 +157,7 @@ def stop_process(process: subprocess.Popen, sig=signal.SIGTERM, timeout: float =
 
 # --- HTTP ------------------------------------------------------------------------------------------------
 
+
 class Client:
     """A keep-alive HTTP/1.1 client on 127.0.0.1 (http.client: the least client-side overhead)."""
 
@@ -140,7 +165,9 @@ class Client:
         self.port, self.timeout = port, timeout
         self.conn: http.client.HTTPConnection | None = None
 
-    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, dict]:
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict | None = None
+    ) -> tuple[int, dict]:
         for attempt in range(2):  # one reconnect if the server closed the kept-alive connection
             if self.conn is None:
                 self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
@@ -164,7 +191,9 @@ class Client:
 def post_form(client: Client, path: str, fields: dict) -> tuple[int, dict]:
     from urllib.parse import urlencode
 
-    return client.request("POST", path, urlencode(fields).encode(), {"Content-Type": "application/x-www-form-urlencoded"})
+    return client.request(
+        "POST", path, urlencode(fields).encode(), {"Content-Type": "application/x-www-form-urlencoded"}
+    )
 
 
 def wait_result(client: Client, job_id: str, wait: int = 30, deadline_s: float = 300) -> dict:
@@ -182,16 +211,31 @@ def wait_result(client: Client, job_id: str, wait: int = 30, deadline_s: float =
 
 # --- the service under run.py ------------------------------------------------------------------------
 
+
 class Service:
     """`python run.py --port P --workers N [--no-classifier]` in a temporary working folder (so its
     embedded Redis keeps its AOF in <tmp>/data), with IMAGES_DIR and LOGS_DIR of our choosing.
     The classify worker is left out unless classifier=True."""
 
-    NOTABLE = ("exited (code", "starting it again", "Traceback", "level=ERROR", "level=CRITICAL", "stopped unexpectedly")
+    NOTABLE = (
+        "exited (code",
+        "starting it again",
+        "Traceback",
+        "level=ERROR",
+        "level=CRITICAL",
+        "stopped unexpectedly",
+    )
     MAX_NOTABLE = 500
 
-    def __init__(self, workdir: Path, images_dir: Path, logs_dir: Path, workers: int, env: dict | None = None,
-                 classifier: bool = False):
+    def __init__(
+        self,
+        workdir: Path,
+        images_dir: Path,
+        logs_dir: Path,
+        workers: int,
+        env: dict | None = None,
+        classifier: bool = False,
+    ):
         self.port = embedded_redis.free_port()
         Path(workdir).mkdir(parents=True, exist_ok=True)
         environment = {**os.environ, "IMAGES_DIR": str(images_dir), "LOGS_DIR": str(logs_dir), **(env or {})}
@@ -203,8 +247,9 @@ class Service:
         command = [sys.executable, str(ROOT / "run.py"), "--port", str(self.port), "--workers", str(workers)]
         if not classifier:
             command.append("--no-classifier")
-        self.process = subprocess.Popen(command, cwd=workdir, env=environment, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True)
+        self.process = subprocess.Popen(
+            command, cwd=workdir, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         threading.Thread(target=self._drain, daemon=True).start()
 
     def _drain(self):
@@ -235,14 +280,23 @@ class Service:
 
 
 @contextmanager
-def service(workdir: Path, images_dir: Path, logs_dir: Path, workers: int, env: dict | None = None,
-            classifier: bool = False, ready_timeout: float = 60):
+def service(
+    workdir: Path,
+    images_dir: Path,
+    logs_dir: Path,
+    workers: int,
+    env: dict | None = None,
+    classifier: bool = False,
+    ready_timeout: float = 60,
+):
     running = Service(workdir, images_dir, logs_dir, workers, env, classifier=classifier)
     try:
         started = time.perf_counter()
         url = running.wait_ready(ready_timeout)
-        log(f"run.py ready at {url} in {time.perf_counter() - started:.1f} s ({workers} workers"
-            f"{' + classifier' if classifier else ''})")
+        log(
+            f"run.py ready at {url} in {time.perf_counter() - started:.1f} s ({workers} workers"
+            f"{' + classifier' if classifier else ''})"
+        )
         yield running
     finally:
         running.stop()
@@ -355,24 +409,39 @@ def cpu_usage(processes: "Processes | None" = None) -> dict[str, tuple[float, fl
         usage[label] = (times.user + times.system, stat[1] if stat else None)
     api = [v for k, v in usage.items() if k.startswith("api ")]
     if api:
-        usage["api (master + workers)"] = (sum(v[0] for v in api), None if any(v[1] is None for v in api) else sum(v[1] for v in api))
+        usage["api (master + workers)"] = (
+            sum(v[0] for v in api),
+            None if any(v[1] is None for v in api) else sum(v[1] for v in api),
+        )
     machine = psutil.cpu_times()
-    usage["machine"] = (sum(machine) - machine.idle - getattr(machine, "iowait", 0), machine.idle + getattr(machine, "iowait", 0))
+    usage["machine"] = (
+        sum(machine) - machine.idle - getattr(machine, "iowait", 0),
+        machine.idle + getattr(machine, "iowait", 0),
+    )
     return usage
 
 
 def cpu_delta(before: dict, after: dict) -> dict[str, tuple[float, float | None]]:
     """after - before, for the labels in both (a process restarted in between is left out)."""
-    return {label: (after[label][0] - before[label][0],
-                    None if after[label][1] is None or before[label][1] is None else after[label][1] - before[label][1])
-            for label in after if label in before and after[label][0] >= before[label][0]}
+    return {
+        label: (
+            after[label][0] - before[label][0],
+            None if after[label][1] is None or before[label][1] is None else after[label][1] - before[label][1],
+        )
+        for label in after
+        if label in before and after[label][0] >= before[label][0]
+    }
 
 
 def cpu_ms_per_job(cpu: dict, jobs: int) -> dict[str, float]:
     """CPU ms per job of each kind of process (the image workers summed), from a cpu_delta over `jobs` jobs."""
-    groups = {"image workers (summed)": [k for k in cpu if k.startswith("image worker")],
-              "api (master + workers)": ["api (master + workers)"], "redis-server": ["redis-server"],
-              "classifier": [k for k in cpu if k.startswith("classifier")], "bench client": ["bench client"]}
+    groups = {
+        "image workers (summed)": [k for k in cpu if k.startswith("image worker")],
+        "api (master + workers)": ["api (master + workers)"],
+        "redis-server": ["redis-server"],
+        "classifier": [k for k in cpu if k.startswith("classifier")],
+        "bench client": ["bench client"],
+    }
     return {group: 1000 * sum(cpu[k][0] for k in labels if k in cpu) / max(jobs, 1) for group, labels in groups.items()}
 
 

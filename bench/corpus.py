@@ -11,6 +11,7 @@ PNGs instead. Every choice comes from random.Random(f"bench-corpus-{i}"), so ima
 every run and no two images are alike. Files that already exist are skipped (idempotent); files are
 written under a temporary name and renamed, so an interrupted run leaves no partial image.
 """
+
 import argparse
 import hashlib
 import math
@@ -32,7 +33,16 @@ PNG_EVERY, PNG_OFFSET = 50, 25  # index % 50 == 25 is a PNG: 2% of the corpus
 DEFAULT_OUT = ROOT / "images" / "bench-corpus"
 TESTDATA = ("castle_image.jpg", "CogentLabs.jpg", "jemma.png")
 # scikit-image's bundled colour photos (no download needed for these).
-SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "retina", "cat")
+SKIMAGE_PHOTOS = (
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "immunohistochemistry",
+    "hubble_deep_field",
+    "retina",
+    "cat",
+)
 GRAIN_TILE = 320  # the grain is a seeded tile of this size, repeated (divides 1920 and 1280)
 
 
@@ -108,7 +118,8 @@ def make_image(index: int, sources: list[tuple[str, Image.Image]]) -> Image.Imag
     img = ImageEnhance.Color(img).enhance(rng.uniform(0.6, 1.4))
     gains = [rng.uniform(0.92, 1.08) for _ in range(3)]  # a warm or cool cast
     img = Image.merge("RGB", [band.point(lambda v, g=g: min(255, round(v * g))) for band, g in zip(img.split(), gains)])
-    # Upscaled photos are soft: sharpen and add grain, so the files carry the detail (and the bytes) of a real camera JPEG.
+    # Upscaled photos are soft: sharpen and add grain, so the files carry the detail (and the bytes)
+    # of a real camera JPEG.
     a = rng.uniform(0.3, 0.9)  # a 3x3 sharpening kernel (an unsharp mask costs ten times more at this size)
     img = img.filter(ImageFilter.Kernel((3, 3), (0, -a, 0, -a, 1 + 4 * a, -a, 0, -a, 0), scale=1))
     return ImageChops.add(img, _grain(rng, rng.uniform(3.0, 7.0)), scale=1.0, offset=-128)
@@ -186,22 +197,33 @@ def main(argv=None) -> int:
     with Image.open(paths[0]) as first:
         dims = f"{first.width}x{first.height}"
     figures = {
-        "images": len(paths), "jpegs": len(jpeg_sizes), "pngs": len(paths) - len(jpeg_sizes), "made": done["made"],
-        "skipped": done["skipped"], "distinct_files": len(digests), "sources": len(sources),
-        "total_mb": sum(sizes) / 1e6, "mean_jpeg_kb": (sum(jpeg_sizes) / len(jpeg_sizes) / 1e3) if jpeg_sizes else None,
-        "make_seconds": done["seconds"], "made_per_s": done["made"] / done["seconds"] if done["made"] else None,
+        "images": len(paths),
+        "jpegs": len(jpeg_sizes),
+        "pngs": len(paths) - len(jpeg_sizes),
+        "made": done["made"],
+        "skipped": done["skipped"],
+        "distinct_files": len(digests),
+        "sources": len(sources),
+        "total_mb": sum(sizes) / 1e6,
+        "mean_jpeg_kb": (sum(jpeg_sizes) / len(jpeg_sizes) / 1e3) if jpeg_sizes else None,
+        "make_seconds": done["seconds"],
+        "made_per_s": done["made"] / done["seconds"] if done["made"] else None,
     }
-    report("corpus", [
-        (f"images in {args.out} ({dims})", len(paths), None, None),
-        ("  JPEG (quality 90)", len(jpeg_sizes), None, None),
-        ("  PNG", len(paths) - len(jpeg_sizes), None, None),
-        ("made now / skipped (already there)", f"{done['made']} / {done['skipped']}", None, None),
-        ("distinct files (SHA-1)", len(digests), len(paths), ...),
-        ("real photos used as sources", len(sources), None, None),
-        ("total size MB", figures["total_mb"], None, None),
-        ("mean JPEG size KB", figures["mean_jpeg_kb"], None, None),
-        ("images made per second", figures["made_per_s"], None, None),
-    ], figures)
+    report(
+        "corpus",
+        [
+            (f"images in {args.out} ({dims})", len(paths), None, None),
+            ("  JPEG (quality 90)", len(jpeg_sizes), None, None),
+            ("  PNG", len(paths) - len(jpeg_sizes), None, None),
+            ("made now / skipped (already there)", f"{done['made']} / {done['skipped']}", None, None),
+            ("distinct files (SHA-1)", len(digests), len(paths), ...),
+            ("real photos used as sources", len(sources), None, None),
+            ("total size MB", figures["total_mb"], None, None),
+            ("mean JPEG size KB", figures["mean_jpeg_kb"], None, None),
+            ("images made per second", figures["made_per_s"], None, None),
+        ],
+        figures,
+    )
     return 0
 
 

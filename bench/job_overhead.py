@@ -18,6 +18,7 @@
    queue.enqueue("imagejobs.tasks.run_single", "size", image, {}) + job.latest_result(timeout=5), no HTTP.
 Targets: service p50 <= 5 ms; >= 500 size jobs/s.
 """
+
 import argparse
 import json
 import os
@@ -63,6 +64,7 @@ IMAGE = "tiny.jpg"
 
 # --- 1. RQ's own per-job cost ---------------------------------------------------------------------
 
+
 def burst(url: str, queue_name: str, kind: str, jobs: int) -> dict:
     redis = Redis.from_url(url)
     queue = Queue(queue_name, connection=redis, serializer=JSONSerializer)
@@ -70,8 +72,13 @@ def burst(url: str, queue_name: str, kind: str, jobs: int) -> dict:
     for _ in range(jobs):
         queue.enqueue("noop.noop", result_ttl=600)
     enqueue_s = time.perf_counter() - started
-    runner = subprocess.run([sys.executable, str(BENCH / "rq_burst.py"), url, queue_name, kind], cwd=ROOT,
-                            capture_output=True, text=True, timeout=150)
+    runner = subprocess.run(
+        [sys.executable, str(BENCH / "rq_burst.py"), url, queue_name, kind],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
     if runner.returncode != 0:
         raise RuntimeError(f"the {kind} worker failed: {runner.stderr[-2000:]}")
     outcome = json.loads(runner.stdout.strip().splitlines()[-1])
@@ -82,6 +89,7 @@ def burst(url: str, queue_name: str, kind: str, jobs: int) -> dict:
 
 
 # --- rounds: latency and throughput ----------------------------------------------------------------
+
 
 def latencies(rounds: dict, count: int) -> dict:
     """ms of `count` sequential rounds of each kind in `rounds` (name -> one_round), the kinds taking turns so
@@ -159,6 +167,7 @@ def service_rounds(tmp: Path, images: Path, workers: int, requests: int, concurr
                     raise RuntimeError(f"the {way}-request round answered {status}: {answer}")
                 if record:
                     record_stages(stages[way], answer, wall, started, posted, done)
+
             return one_round, client.close
 
         rounds = {way: make_round(way, record=True) for way in WAYS}
@@ -170,24 +179,40 @@ def service_rounds(tmp: Path, images: Path, workers: int, requests: int, concurr
         figures = {}
         processes = Processes(running.process.pid)
         for way in WAYS:
-            log(f"service, {way} request(s) a round: {requests} sequential rounds, p50 {percentile(times[way], 50):.1f} ms; "
-                f"throughput with {concurrency} clients")
+            log(
+                f"service, {way} request(s) a round: {requests} sequential rounds, "
+                f"p50 {percentile(times[way], 50):.1f} ms; "
+                f"throughput with {concurrency} clients"
+            )
             before = cpu_usage(processes)
-            rate, ended = throughput(lambda: make_round(way), seconds, concurrency)
+            rate, ended = throughput(lambda way=way: make_round(way), seconds, concurrency)
             cpu = cpu_ms_per_job(cpu_delta(before, cpu_usage(processes)), ended)
             counted = {k: v[WARMUP:] for k, v in stages[way].items()}
-            figures[way] = {"times": times[way], "rate": rate, "cpu_ms_per_job": cpu,
-                            **{k: statistics.median(v) if v else None for k, v in counted.items()}}
+            figures[way] = {
+                "times": times[way],
+                "rate": rate,
+                "cpu_ms_per_job": cpu,
+                **{k: statistics.median(v) if v else None for k, v in counted.items()},
+            }
     return figures
 
 
 # --- 3. bare RQ, same job function, no HTTP --------------------------------------------------------------
 
+
 def bare_rounds(tmp: Path, images: Path, workers: int, requests: int, concurrency: int, seconds: float) -> dict:
     with own_redis(tmp / "redis-bare", appendonly=True) as url:
         env = {**os.environ, "REDIS_URL": url, "IMAGES_DIR": str(images), "LOGS_DIR": str(tmp / "logs-bare")}
-        processes = [subprocess.Popen([sys.executable, "worker.py", "images"], cwd=ROOT, env=env,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(workers)]
+        processes = [
+            subprocess.Popen(
+                [sys.executable, "worker.py", "images"],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for _ in range(workers)
+        ]
         try:
             redis = Redis.from_url(url)
             deadline = time.monotonic() + 30
@@ -204,11 +229,15 @@ def bare_rounds(tmp: Path, images: Path, workers: int, requests: int, concurrenc
                     result = job.latest_result(timeout=5)
                     if result is None or result.type != Result.Type.SUCCESSFUL:
                         raise RuntimeError(f"bare size job {job.id} ended with {result and result.type}")
+
                 return one_round, lambda: None
 
             one_round, _ = make_round()
             times = latencies({"bare": one_round}, requests)["bare"]
-            log(f"bare RQ: {requests} sequential rounds, p50 {percentile(times, 50):.1f} ms; throughput with {concurrency} clients")
+            log(
+                f"bare RQ: {requests} sequential rounds, p50 {percentile(times, 50):.1f} ms; "
+                f"throughput with {concurrency} clients"
+            )
             rate, _ = throughput(make_round, seconds, concurrency)
             redis.close()
         finally:
@@ -224,11 +253,19 @@ def main(argv=None) -> int:
     parser.add_argument("--concurrency", type=int, default=8, help="client threads of the throughput run (default 8)")
     parser.add_argument("--seconds", type=float, default=20, help="length of each throughput run (default 20)")
     parser.add_argument("--service-workers", type=int, default=2, help="run.py --workers (default 2)")
-    parser.add_argument("--bare-workers", type=int, default=1, help="worker.py processes of the bare baseline (default 1)")
+    parser.add_argument(
+        "--bare-workers", type=int, default=1, help="worker.py processes of the bare baseline (default 1)"
+    )
     parser.add_argument("--no-fork", action="store_true", help="skip the forking rq.Worker")
     args = parser.parse_args(argv)
-    if not (1 <= args.jobs <= 20000 and 1 <= args.requests <= 5000 and 1 <= args.concurrency <= 64
-            and 1 <= args.seconds <= 600 and args.service_workers >= 1 and args.bare_workers >= 1):
+    if not (
+        1 <= args.jobs <= 20000
+        and 1 <= args.requests <= 5000
+        and 1 <= args.concurrency <= 64
+        and 1 <= args.seconds <= 600
+        and args.service_workers >= 1
+        and args.bare_workers >= 1
+    ):
         parser.error("an option is out of range")
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-jobs-"))
@@ -255,9 +292,14 @@ def main(argv=None) -> int:
     runs = (("service", one), ("service_two", two), ("bare", bare))
     p = {name: {q: percentile(run["times"], q) for q in (50, 95, 99)} for name, run in runs}
     figures = {
-        "jobs": args.jobs, "requests": args.requests, "concurrency": args.concurrency, "throughput_seconds": args.seconds,
-        "service_workers": args.service_workers, "bare_workers": args.bare_workers,
-        "simple_ms_per_job": simple["ms_per_job"], "fork_ms_per_job": fork and fork["ms_per_job"],
+        "jobs": args.jobs,
+        "requests": args.requests,
+        "concurrency": args.concurrency,
+        "throughput_seconds": args.seconds,
+        "service_workers": args.service_workers,
+        "bare_workers": args.bare_workers,
+        "simple_ms_per_job": simple["ms_per_job"],
+        "fork_ms_per_job": fork and fork["ms_per_job"],
         "fork_over_simple": fork and fork["ms_per_job"] / simple["ms_per_job"],
         "enqueue_ms_per_job": simple["enqueue_ms_per_job"],
         # service_*: one request a round (POST ...&wait=5), like bare RQ's enqueue + latest_result(timeout);
@@ -266,15 +308,22 @@ def main(argv=None) -> int:
         **{f"{name}_mean_ms": statistics.mean(run["times"]) for name, run in runs},
         # Of the two-request round, from the result's enqueuedAt (job created in the API), startedAt (RQ's execution
         # record made by the worker, after dequeuing) and endedAt (RQ's ended_at, set when the function returned).
-        "service_post_ms_p50": two["post"], "service_created_to_execution_ms_p50": two["queued"],
-        "service_execution_to_returned_ms_p50": two["ran"], "service_returned_to_client_ms_p50": two["after"],
-        "service_jobs_per_s": one["rate"], "service_two_jobs_per_s": two["rate"], "bare_jobs_per_s": bare["rate"],
+        "service_post_ms_p50": two["post"],
+        "service_created_to_execution_ms_p50": two["queued"],
+        "service_execution_to_returned_ms_p50": two["ran"],
+        "service_returned_to_client_ms_p50": two["after"],
+        "service_jobs_per_s": one["rate"],
+        "service_two_jobs_per_s": two["rate"],
+        "bare_jobs_per_s": bare["rate"],
         # CPU of every process (the client's included) per job in the one-request throughput run, and the jobs/s
         # this machine's cores could give at that cost with nothing else running.
-        "service_cpu_ms_per_job": one["cpu_ms_per_job"], "service_cpu_ms_per_job_total": cpu_total,
+        "service_cpu_ms_per_job": one["cpu_ms_per_job"],
+        "service_cpu_ms_per_job_total": cpu_total,
         "cpu_bound_jobs_per_s": cpu_bound,
-        "target_p50_ms": TARGET_P50_MS, "target_jobs_per_s": TARGET_JOBS_PER_S,
-        "target_p50_met": p["service"][50] <= TARGET_P50_MS, "target_jobs_per_s_met": one["rate"] >= TARGET_JOBS_PER_S,
+        "target_p50_ms": TARGET_P50_MS,
+        "target_jobs_per_s": TARGET_JOBS_PER_S,
+        "target_p50_met": p["service"][50] <= TARGET_P50_MS,
+        "target_jobs_per_s_met": one["rate"] >= TARGET_JOBS_PER_S,
     }
     rows = [
         (f"RQ SimpleWorker, ms/job ({args.jobs} no-op jobs, burst)", simple["ms_per_job"], None, None),
@@ -283,22 +332,54 @@ def main(argv=None) -> int:
         rows.append(("RQ Worker (fork per job), ms/job", fork["ms_per_job"], simple["ms_per_job"], ...))
     rows.append(("RQ queue.enqueue, ms/job (client side)", simple["enqueue_ms_per_job"], None, None))
     for q in (50, 95, 99):
-        rows.append((f"size job submit->result p{q}, ms: service (1 request) vs bare RQ", p["service"][q], p["bare"][q], ...))
-    rows.append(("size job submit->result p50, ms: service, 2 requests (POST, GET wait)", p["service_two"][50], p["bare"][50], ...))
+        rows.append(
+            (f"size job submit->result p{q}, ms: service (1 request) vs bare RQ", p["service"][q], p["bare"][q], ...)
+        )
+    rows.append(
+        (
+            "size job submit->result p50, ms: service, 2 requests (POST, GET wait)",
+            p["service_two"][50],
+            p["bare"][50],
+            ...,
+        )
+    )
     rows += [
         ("  2 requests: POST answered (p50), ms", two["post"], None, None),
         ("  2 requests: job created -> worker's execution began (p50), ms", two["queued"], None, None),
         ("  2 requests: execution began -> job function returned (p50), ms", two["ran"], None, None),
         ("  2 requests: job function returned -> client has result (p50), ms", two["after"], None, None),
-        (f"target p50 <= {TARGET_P50_MS:g} ms: {'met' if p['service'][50] <= TARGET_P50_MS else 'MISSED'}",
-         p["service"][50], TARGET_P50_MS, ...),
-        (f"size jobs/s, {args.concurrency} clients, 1 request: service ({args.service_workers} workers) vs bare ({args.bare_workers})",
-         one["rate"], bare["rate"], ...),
+        (
+            f"target p50 <= {TARGET_P50_MS:g} ms: {'met' if p['service'][50] <= TARGET_P50_MS else 'MISSED'}",
+            p["service"][50],
+            TARGET_P50_MS,
+            ...,
+        ),
+        (
+            (
+                f"size jobs/s, {args.concurrency} clients, 1 request: "
+                f"service ({args.service_workers} workers) vs bare ({args.bare_workers})"
+            ),
+            one["rate"],
+            bare["rate"],
+            ...,
+        ),
         (f"size jobs/s, {args.concurrency} clients, 2 requests: service vs bare", two["rate"], bare["rate"], ...),
-        *((f"  1 request: CPU ms per job, {group}", value, None, None) for group, value in one["cpu_ms_per_job"].items()),
-        (f"  1 request: CPU ms per job, all; jobs/s {os.cpu_count()} cores could give at that cost", cpu_total, cpu_bound, None),
-        (f"target >= {TARGET_JOBS_PER_S:g} jobs/s: {'met' if one['rate'] >= TARGET_JOBS_PER_S else 'MISSED'}", one["rate"],
-         TARGET_JOBS_PER_S, ...),
+        *(
+            (f"  1 request: CPU ms per job, {group}", value, None, None)
+            for group, value in one["cpu_ms_per_job"].items()
+        ),
+        (
+            f"  1 request: CPU ms per job, all; jobs/s {os.cpu_count()} cores could give at that cost",
+            cpu_total,
+            cpu_bound,
+            None,
+        ),
+        (
+            f"target >= {TARGET_JOBS_PER_S:g} jobs/s: {'met' if one['rate'] >= TARGET_JOBS_PER_S else 'MISSED'}",
+            one["rate"],
+            TARGET_JOBS_PER_S,
+            ...,
+        ),
     ]
     report("job_overhead", rows, figures)
     return 0

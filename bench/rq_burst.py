@@ -6,6 +6,7 @@ Used by bench/job_overhead.py: `simple` is rq.SimpleWorker (jobs run in the work
 the service's worker.py does), `fork` is rq.Worker (a forked work horse per job). The job functions
 must be importable: this script's folder (bench/) is on sys.path, so `noop.noop` is.
 """
+
 import json
 import sys
 import time
@@ -24,11 +25,23 @@ def main(argv) -> int:
     worker_class = {"simple": SimpleWorker, "fork": Worker}[kind]
     worker = worker_class([queue], connection=redis, serializer=JSONSerializer)
     started = time.perf_counter()
-    worker.work(burst=True, logging_level="WARNING")  # RQ logs several lines per job at INFO; the service sets WARNING too
+    worker.work(
+        burst=True, logging_level="WARNING"
+    )  # RQ logs several lines per job at INFO; the service sets WARNING too
     seconds = time.perf_counter() - started
-    print(json.dumps({"kind": kind, "seconds": seconds, "waiting": waiting, "left": queue.count,
-                      "succeeded": FinishedJobRegistry(queue=queue).count, "failed": FailedJobRegistry(queue=queue).count}),
-          flush=True)
+    print(
+        json.dumps(
+            {
+                "kind": kind,
+                "seconds": seconds,
+                "waiting": waiting,
+                "left": queue.count,
+                "succeeded": FinishedJobRegistry(queue=queue).count,
+                "failed": FailedJobRegistry(queue=queue).count,
+            }
+        ),
+        flush=True,
+    )
     return 0
 
 

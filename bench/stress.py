@@ -18,13 +18,15 @@ up on is looked up once more: ended since (late) or not (lost). Every HTTP reque
 as ok or as an error of its kind: the HTTP status, the exception class, or a wrong result.
 Before the measured run, the same clients run for --warm-up seconds: a process's memory grows while it
 first meets the load (gunicorn starts its threads as requests come, the first requests import and
-cache); that growth is not a leak, and the run is measured from after it. Its requests and jobs are counted and checked the same way, and reported apart.
+cache); that growth is not a leak, and the run is measured from after it.
+Its requests and jobs are counted and checked the same way, and reported apart.
 It reports requests, errors by kind, lost jobs, p50/p99 submit-to-result, jobs/s, the RSS of every
 process of the service cold (after the sequential warm-up), at the start of the measured run (after the
 warm-up load) and at the end, with growth % from that start, processes that exited (run.py restarts
 dead workers), and the ERROR/WARNING lines the service logged.
 run.py is stopped with SIGINT at the end, whatever happens.
 """
+
 import argparse
 import os
 import random
@@ -44,10 +46,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Processes, RssSampler, cpu_delta, cpu_ms_per_job, cpu_usage, log, percentile, report, service  # noqa: E402
 
 # name -> (width, height, format). Sizes whose aspect makes every contain box below come out in whole pixels.
-SINGLES = {"s/a.jpg": (64, 48, "JPEG"), "s/b.jpg": (320, 240, "JPEG"), "s/c.jpg": (640, 480, "JPEG"),
-           "s/d.png": (200, 400, "PNG"), "s/e.jpg": (1000, 500, "JPEG")}
-FOLDERS = {f"batch-{k}": {f"batch-{k}/{i}-{Path(name).name}": SINGLES[name]
-                          for i, name in enumerate(list(SINGLES)[k:] + list(SINGLES)[:k])} for k in range(4)}
+SINGLES = {
+    "s/a.jpg": (64, 48, "JPEG"),
+    "s/b.jpg": (320, 240, "JPEG"),
+    "s/c.jpg": (640, 480, "JPEG"),
+    "s/d.png": (200, 400, "PNG"),
+    "s/e.jpg": (1000, 500, "JPEG"),
+}
+FOLDERS = {
+    f"batch-{k}": {
+        f"batch-{k}/{i}-{Path(name).name}": SINGLES[name]
+        for i, name in enumerate(list(SINGLES)[k:] + list(SINGLES)[:k])
+    }
+    for k in range(4)
+}
 BOXES = [(64, 64), (100, 100), (40, 90), (200, 120)]
 FITS = ["contain", "cover", "stretch"]
 READY_TIMEOUT = 600
@@ -59,11 +71,13 @@ def make_images(root: Path) -> None:
         for name, (width, height, fmt) in folder.items():
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             gradient = Image.linear_gradient("L").resize((width, height))
-            Image.merge("RGB", (gradient, gradient.transpose(Image.Transpose.FLIP_LEFT_RIGHT), gradient)).save(root / name, fmt)
+            Image.merge("RGB", (gradient, gradient.transpose(Image.Transpose.FLIP_LEFT_RIGHT), gradient)).save(
+                root / name, fmt
+            )
 
 
 def expected(name: str, action: str, params: dict) -> dict:
-    width, height, fmt = (SINGLES.get(name) or next(f[name] for f in FOLDERS.values() if name in f))
+    width, height, fmt = SINGLES.get(name) or next(f[name] for f in FOLDERS.values() if name in f)
     if action == "size":
         return {"width": width, "height": height, "format": fmt}
     box = (params["width"], params["height"])
@@ -123,25 +137,53 @@ def client_loop(number: int, base: str, end: float, grace: float, patience: floa
         while time.monotonic() < end:
             rounds += 1
             action = rng.choice(["size", "resize"])
-            params = {"width": (box := rng.choice(BOXES))[0], "height": box[1], "fit": rng.choice(FITS)} if action == "resize" else {}
+            params = (
+                {"width": (box := rng.choice(BOXES))[0], "height": box[1], "fit": rng.choice(FITS)}
+                if action == "resize"
+                else {}
+            )
             if rounds % 10 == 0:
                 kind, folder = "batch", rng.choice(list(FOLDERS))
                 names = list(FOLDERS[folder])
                 sent = time.monotonic()
-                answer = tally.request(session, "POST", f"{base}/imageapi", "submit batch", timeout=HTTP_TIMEOUT,
-                                       json={"imagePath": folder, "action": action, **params})
+                answer = tally.request(
+                    session,
+                    "POST",
+                    f"{base}/imageapi",
+                    "submit batch",
+                    timeout=HTTP_TIMEOUT,
+                    json={"imagePath": folder, "action": action, **params},
+                )
             else:
                 kind, names = "single", [rng.choice(list(SINGLES))]
                 sent = time.monotonic()
                 if action == "size" and rng.random() < 0.5:
-                    answer = tally.request(session, "GET", f"{base}/imageapi", "submit", timeout=HTTP_TIMEOUT,
-                                           params={"imagePath": names[0]})
+                    answer = tally.request(
+                        session,
+                        "GET",
+                        f"{base}/imageapi",
+                        "submit",
+                        timeout=HTTP_TIMEOUT,
+                        params={"imagePath": names[0]},
+                    )
                 elif action == "size":
-                    answer = tally.request(session, "POST", f"{base}/imageapi", "submit", timeout=HTTP_TIMEOUT,
-                                           data={"imagePath": names[0], "action": "size"})
+                    answer = tally.request(
+                        session,
+                        "POST",
+                        f"{base}/imageapi",
+                        "submit",
+                        timeout=HTTP_TIMEOUT,
+                        data={"imagePath": names[0], "action": "size"},
+                    )
                 else:
-                    answer = tally.request(session, "POST", f"{base}/imageapi", "submit", timeout=HTTP_TIMEOUT,
-                                           json={"imagePath": names[0], "action": "resize", **params})
+                    answer = tally.request(
+                        session,
+                        "POST",
+                        f"{base}/imageapi",
+                        "submit",
+                        timeout=HTTP_TIMEOUT,
+                        json={"imagePath": names[0], "action": "resize", **params},
+                    )
             if answer is None or answer.status_code != 202:
                 time.sleep(0.1)  # a refused submit: do not spin
                 continue
@@ -151,8 +193,14 @@ def client_loop(number: int, base: str, end: float, grace: float, patience: floa
             body = None
             while time.monotonic() < give_up:
                 seconds = max(1, min(wait, int(give_up - time.monotonic())))
-                got = tally.request(session, "GET", f"{base}/result/{job_id}", "result", params={"wait": seconds},
-                                    timeout=seconds + HTTP_TIMEOUT)
+                got = tally.request(
+                    session,
+                    "GET",
+                    f"{base}/result/{job_id}",
+                    "result",
+                    params={"wait": seconds},
+                    timeout=seconds + HTTP_TIMEOUT,
+                )
                 if got is None or got.status_code not in (200, 202):
                     if got is not None and got.status_code == 404:
                         break  # the job is gone: counted below as given up (then lost)
@@ -175,8 +223,14 @@ def client_loop(number: int, base: str, end: float, grace: float, patience: floa
                 problem = wrong(result, expected(names[0], action, params))
             else:
                 entries = result.get("images") or []
-                problem = None if (result.get("total"), result.get("failed"), [e.get("image") for e in entries]) == (5, 0, names) \
-                    else f"total={result.get('total')} failed={result.get('failed')} images={[e.get('image') for e in entries]}"
+                problem = (
+                    None
+                    if (result.get("total"), result.get("failed"), [e.get("image") for e in entries]) == (5, 0, names)
+                    else (
+                        f"total={result.get('total')} failed={result.get('failed')} "
+                        f"images={[e.get('image') for e in entries]}"
+                    )
+                )
                 for entry in entries if problem is None else []:
                     problem = problem or wrong(entry.get("result") or {}, expected(entry["image"], action, params))
             if problem:
@@ -200,7 +254,9 @@ def warm_up(base: str) -> None:
     with requests.Session() as session:
         for round_ in range(20):
             name = list(SINGLES)[round_ % len(SINGLES)]
-            answer = session.post(f"{base}/imageapi", json={"imagePath": name, "action": ("size", "resize")[round_ % 2]}, timeout=30)
+            answer = session.post(
+                f"{base}/imageapi", json={"imagePath": name, "action": ("size", "resize")[round_ % 2]}, timeout=30
+            )
             answer.raise_for_status()
             session.get(f"{base}/result/{answer.json()['jobId']}", params={"wait": 10}, timeout=30).raise_for_status()
 
@@ -221,13 +277,21 @@ def logged_problems(logs: Path) -> Counter:
     return found
 
 
-def drive(base: str, args, seconds: float, tallies: list[Tally], sampler: RssSampler | None = None) -> tuple[float, list[str]]:
-    """One client thread per tally, submitting for `seconds`; joined. (Elapsed s, the threads still alive at the deadline.)"""
+def drive(
+    base: str, args, seconds: float, tallies: list[Tally], sampler: RssSampler | None = None
+) -> tuple[float, list[str]]:
+    """One client thread per tally, submitting for `seconds`; joined.
+
+    (Elapsed s, the threads still alive at the deadline.)
+    """
     began = time.monotonic()
     end = began + seconds
-    threads = [threading.Thread(target=client_loop, name=f"client-{i}",
-                                args=(i, base, end, args.grace, args.job_timeout, args.wait, tally))
-               for i, tally in enumerate(tallies)]
+    threads = [
+        threading.Thread(
+            target=client_loop, name=f"client-{i}", args=(i, base, end, args.grace, args.job_timeout, args.wait, tally)
+        )
+        for i, tally in enumerate(tallies)
+    ]
     for thread in threads:
         thread.start()
     join_deadline = end + args.grace + args.job_timeout + 2 * HTTP_TIMEOUT + 30
@@ -238,9 +302,11 @@ def drive(base: str, args, seconds: float, tallies: list[Tally], sampler: RssSam
             if sampler is not None and time.monotonic() - last_note >= 60:
                 last_note = time.monotonic()
                 done = sum(sum(t.jobs.values()) for t in tallies)
-                log(f"  {last_note - began:.0f} s: {done} jobs ended, {sum(t.sent for t in tallies)} requests, "
+                log(
+                    f"  {last_note - began:.0f} s: {done} jobs ended, {sum(t.sent for t in tallies)} requests, "
                     f"{sum(sum(t.errors.values()) for t in tallies)} errors; "
-                    + ", ".join(f"{k} {v:.0f}" for k, v in sampler.samples[-1][1].items()))
+                    + ", ".join(f"{k} {v:.0f}" for k, v in sampler.samples[-1][1].items())
+                )
     return time.monotonic() - began, [thread.name for thread in threads if thread.is_alive()]
 
 
@@ -248,15 +314,26 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=64, help="concurrent clients (default 64)")
     parser.add_argument("--seconds", type=float, default=60, help="seconds the clients submit for (default 60)")
-    parser.add_argument("--warm-up", type=float, default=60, help="seconds of the same load before the measured run (default 60)")
+    parser.add_argument(
+        "--warm-up", type=float, default=60, help="seconds of the same load before the measured run (default 60)"
+    )
     parser.add_argument("--workers", type=int, default=2, help="run.py --workers (default 2)")
-    parser.add_argument("--grace", type=float, default=30, help="seconds after the end a job may still end (default 30)")
+    parser.add_argument(
+        "--grace", type=float, default=30, help="seconds after the end a job may still end (default 30)"
+    )
     parser.add_argument("--job-timeout", type=float, default=60, help="seconds a client waits for one job (default 60)")
     parser.add_argument("--wait", type=int, default=10, help="wait= of each GET /result, 1..30 (default 10)")
     parser.add_argument("--no-classifier", action="store_true", help="run the service without its classify worker")
     args = parser.parse_args(argv)
-    if not (1 <= args.clients <= 512 and 1 <= args.seconds <= 3600 and args.workers >= 1 and 0 <= args.grace <= 600
-            and 1 <= args.job_timeout <= 600 and 1 <= args.wait <= 30 and 0 <= args.warm_up <= 3600):
+    if not (
+        1 <= args.clients <= 512
+        and 1 <= args.seconds <= 3600
+        and args.workers >= 1
+        and 0 <= args.grace <= 600
+        and 1 <= args.job_timeout <= 600
+        and 1 <= args.wait <= 30
+        and 0 <= args.warm_up <= 3600
+    ):
         parser.error("an option is out of range")
 
     load_start = os.getloadavg()[0]
@@ -265,8 +342,9 @@ def main(argv=None) -> int:
         images = tmp / "images"
         make_images(images)
         logs = tmp / "logs"
-        with service(tmp / "work", images, logs, args.workers, classifier=not args.no_classifier,
-                     ready_timeout=READY_TIMEOUT) as running:
+        with service(
+            tmp / "work", images, logs, args.workers, classifier=not args.no_classifier, ready_timeout=READY_TIMEOUT
+        ) as running:
             base = f"http://127.0.0.1:{running.port}"
             processes = Processes(running.process.pid)
             warm_up(base)
@@ -274,8 +352,10 @@ def main(argv=None) -> int:
             warm_tallies = [Tally() for _ in range(args.clients)]
             warm_hung = []
             if args.warm_up:
-                log(f"warm-up load: {args.clients} clients for {args.warm_up:g} s; RSS cold: "
-                    + ", ".join(f"{k} {v:.0f} MB" for k, v in cold_rss.items()))
+                log(
+                    f"warm-up load: {args.clients} clients for {args.warm_up:g} s; RSS cold: "
+                    + ", ".join(f"{k} {v:.0f} MB" for k, v in cold_rss.items())
+                )
                 _, warm_hung = drive(base, args, args.warm_up, warm_tallies)
             tallies = [Tally() for _ in range(args.clients)]
             with RssSampler(processes, interval=2.0) as sampler:
@@ -284,8 +364,10 @@ def main(argv=None) -> int:
                 depths, stop_gauge = [], threading.Event()
                 gauge = threading.Thread(target=queue_depths, args=(base, stop_gauge, depths), name="queue-gauge")
                 gauge.start()
-                log(f"{args.clients} clients for {args.seconds:g} s (+{args.grace:g} s grace); RSS at start: "
-                    + ", ".join(f"{k} {v:.0f} MB" for k, v in start_rss.items()))
+                log(
+                    f"{args.clients} clients for {args.seconds:g} s (+{args.grace:g} s grace); RSS at start: "
+                    + ", ".join(f"{k} {v:.0f} MB" for k, v in start_rss.items())
+                )
                 elapsed, hung = drive(base, args, args.seconds, tallies, sampler)
                 hung += warm_hung
                 end_rss = sampler.sample()
@@ -300,7 +382,11 @@ def main(argv=None) -> int:
                     for job_id, kind in tally.given_up:
                         try:
                             answer = session.get(f"{base}/result/{job_id}", timeout=HTTP_TIMEOUT)
-                            status = answer.json().get("status") if answer.status_code == 200 else f"HTTP {answer.status_code}"
+                            status = (
+                                answer.json().get("status")
+                                if answer.status_code == 200
+                                else f"HTTP {answer.status_code}"
+                            )
                         except (requests.RequestException, ValueError) as exc:
                             status = type(exc).__name__
                         (late if status in ("finished", "failed") else lost)[f"{kind}, {status}"] += 1
@@ -318,9 +404,15 @@ def main(argv=None) -> int:
         for kind, text in tally.examples.items():
             examples.setdefault(kind, text)
     submitted = sum(t.submitted for t in tallies)
-    warm = {"requests": sum(t.sent for t in warm_tallies), "errors": dict(sum((t.errors for t in warm_tallies), Counter())),
-            "jobs_submitted": sum(t.submitted for t in warm_tallies), "jobs": dict(sum((t.jobs for t in warm_tallies), Counter()))}
-    warm_accounted = all(sum(t.outcomes.values()) == t.sent and sum(t.jobs.values()) == t.submitted for t in warm_tallies)
+    warm = {
+        "requests": sum(t.sent for t in warm_tallies),
+        "errors": dict(sum((t.errors for t in warm_tallies), Counter())),
+        "jobs_submitted": sum(t.submitted for t in warm_tallies),
+        "jobs": dict(sum((t.jobs for t in warm_tallies), Counter())),
+    }
+    warm_accounted = all(
+        sum(t.outcomes.values()) == t.sent and sum(t.jobs.values()) == t.submitted for t in warm_tallies
+    )
     accounted = sum(outcomes.values()) == sent and sum(jobs.values()) == submitted and not hung and warm_accounted
     latency = {kind: sum((t.latency[kind] for t in tallies), []) for kind in ("single", "batch")}
     every = latency["single"] + latency["batch"]
@@ -336,39 +428,97 @@ def main(argv=None) -> int:
     busy_pct = 100 * busy / (busy + idle) if busy is not None and busy + idle > 0 else None
     ours_pct = 100 * (on_cpu + cpu.get("bench client", (0, 0))[0]) / (busy + idle) if busy_pct is not None else None
     figures = {
-        "clients": args.clients, "seconds": args.seconds, "elapsed_s": elapsed, "workers": args.workers,
-        "classifier": not args.no_classifier, "grace_s": args.grace, "job_timeout_s": args.job_timeout, "wait": args.wait,
-        "requests": sent, "requests_ok": outcomes["ok"], "errors": dict(errors), "error_examples": examples,
-        "jobs_submitted": submitted, "jobs": dict(jobs), "jobs_lost": lost_total, "jobs_late": late_total,
-        "lost": dict(lost), "late": dict(late), "all_accounted_for": accounted, "hung_threads": hung,
+        "clients": args.clients,
+        "seconds": args.seconds,
+        "elapsed_s": elapsed,
+        "workers": args.workers,
+        "classifier": not args.no_classifier,
+        "grace_s": args.grace,
+        "job_timeout_s": args.job_timeout,
+        "wait": args.wait,
+        "requests": sent,
+        "requests_ok": outcomes["ok"],
+        "errors": dict(errors),
+        "error_examples": examples,
+        "jobs_submitted": submitted,
+        "jobs": dict(jobs),
+        "jobs_lost": lost_total,
+        "jobs_late": late_total,
+        "lost": dict(lost),
+        "late": dict(late),
+        "all_accounted_for": accounted,
+        "hung_threads": hung,
         "jobs_per_s": sum(len(v) for v in latency.values()) / args.seconds,
         **{f"{kind}_p{q}_ms": percentile(values, q) for kind, values in latency.items() for q in (50, 99)},
         **{f"{kind}_jobs": len(values) for kind, values in latency.items()},
-        "p50_ms": percentile(every, 50), "p99_ms": percentile(every, 99), "max_ms": max(every, default=None),
-        "warm_up_s": args.warm_up, "warm_up": warm, "rss_mb_cold": cold_rss, "rss_mb_start": start_rss, "rss_mb_end": end_rss, "rss_mb_peak": sampler.peak, "rss_growth_pct": rss_growth,
-        "processes_gone": gone, "worker_restarts": restarts, "run_py_notable_lines": notable[:50],
-        "logged_problems": dict(problems.most_common(30)), "loadavg_1m_at_start": load_start,
-        "cpu_s": {k: v[0] for k, v in cpu.items()}, "cpu_wait_s": {k: v[1] for k, v in cpu.items()},
-        "cpu_ms_per_job": cpu_ms, "service_on_cpu_s": on_cpu, "service_waiting_for_cpu_s": waiting,
-        "machine_busy_pct": busy_pct, "service_and_client_pct_of_machine": ours_pct,
-        "images_queue_depths": depths, "images_queue_depth_median": percentile(depths, 50) if depths else None,
+        "p50_ms": percentile(every, 50),
+        "p99_ms": percentile(every, 99),
+        "max_ms": max(every, default=None),
+        "warm_up_s": args.warm_up,
+        "warm_up": warm,
+        "rss_mb_cold": cold_rss,
+        "rss_mb_start": start_rss,
+        "rss_mb_end": end_rss,
+        "rss_mb_peak": sampler.peak,
+        "rss_growth_pct": rss_growth,
+        "processes_gone": gone,
+        "worker_restarts": restarts,
+        "run_py_notable_lines": notable[:50],
+        "logged_problems": dict(problems.most_common(30)),
+        "loadavg_1m_at_start": load_start,
+        "cpu_s": {k: v[0] for k, v in cpu.items()},
+        "cpu_wait_s": {k: v[1] for k, v in cpu.items()},
+        "cpu_ms_per_job": cpu_ms,
+        "service_on_cpu_s": on_cpu,
+        "service_waiting_for_cpu_s": waiting,
+        "machine_busy_pct": busy_pct,
+        "service_and_client_pct_of_machine": ours_pct,
+        "images_queue_depths": depths,
+        "images_queue_depth_median": percentile(depths, 50) if depths else None,
         "images_queue_depth_max": max(depths, default=None),
     }
     rows = [
-        (f"warm-up ({args.warm_up:g} s, not measured): requests; baseline: errors", warm["requests"], sum(warm["errors"].values()), None),
-        ("warm-up: jobs correct; baseline: jobs submitted", warm["jobs"].get("correct", 0), warm["jobs_submitted"], ...),
-        (f"requests ({args.clients} clients, {args.seconds:g} s; all accounted for: {'yes' if accounted else 'NO'})", sent, None, None),
+        (
+            f"warm-up ({args.warm_up:g} s, not measured): requests; baseline: errors",
+            warm["requests"],
+            sum(warm["errors"].values()),
+            None,
+        ),
+        (
+            "warm-up: jobs correct; baseline: jobs submitted",
+            warm["jobs"].get("correct", 0),
+            warm["jobs_submitted"],
+            ...,
+        ),
+        (
+            f"requests ({args.clients} clients, {args.seconds:g} s; all accounted for: {'yes' if accounted else 'NO'})",
+            sent,
+            None,
+            None,
+        ),
         ("requests answered 200/202", outcomes["ok"], sent, ...),
         ("errors, all kinds (requests' and jobs')", sum(errors.values()), None, None),
     ]
     rows += [(f"  error: {kind}", count, None, None) for kind, count in errors.most_common(12)]
     if len(errors) > 12:
-        rows.append((f"  error: {len(errors) - 12} more kinds (see results.jsonl)", sum(c for _, c in errors.most_common()[12:]), None, None))
+        rows.append(
+            (
+                f"  error: {len(errors) - 12} more kinds (see results.jsonl)",
+                sum(c for _, c in errors.most_common()[12:]),
+                None,
+                None,
+            )
+        )
     rows += [
         ("jobs submitted (202)", submitted, None, None),
         ("  jobs correct (finished, sizes as expected)", jobs["correct"], submitted, ...),
         ("  jobs failed / wrong result", jobs["failed"] + jobs["wrong"], None, None),
-        (f"  jobs lost (not ended by give-up: submit + {args.job_timeout:g} s or end + {args.grace:g} s)", lost_total, None, None),
+        (
+            f"  jobs lost (not ended by give-up: submit + {args.job_timeout:g} s or end + {args.grace:g} s)",
+            lost_total,
+            None,
+            None,
+        ),
         ("  jobs that ended after their client gave up (late)", late_total, None, None),
         ("jobs/s (ended, while submitting)", figures["jobs_per_s"], None, None),
         ("submit->result p50, ms: single vs 5-image batch", figures["single_p50_ms"], figures["batch_p50_ms"], ...),
@@ -380,21 +530,38 @@ def main(argv=None) -> int:
     rows += [(f"CPU ms per job ended: {group}", value, None, None) for group, value in cpu_ms.items()]
     rows += [
         ("service processes: s waiting for a CPU vs s on one", waiting, on_cpu, ...),
-        (f"machine CPU busy, % of {os.cpu_count()} cores (baseline: the service's + this client's share)", busy_pct, ours_pct, ...),
-        ("images queue depth, every 2 s: median (baseline: max)", figures["images_queue_depth_median"],
-         figures["images_queue_depth_max"], ...),
+        (
+            f"machine CPU busy, % of {os.cpu_count()} cores (baseline: the service's + this client's share)",
+            busy_pct,
+            ours_pct,
+            ...,
+        ),
+        (
+            "images queue depth, every 2 s: median (baseline: max)",
+            figures["images_queue_depth_median"],
+            figures["images_queue_depth_max"],
+            ...,
+        ),
     ]
     for label in start_rss:
         if label in end_rss:
-            rows.append((f"RSS {label}: end vs start, MB ({rss_growth[label]:+.1f}%; cold {cold_rss.get(label, 0):.0f})",
-                         end_rss[label], start_rss[label], ...))
+            rows.append(
+                (
+                    f"RSS {label}: end vs start, MB ({rss_growth[label]:+.1f}%; cold {cold_rss.get(label, 0):.0f})",
+                    end_rss[label],
+                    start_rss[label],
+                    ...,
+                )
+            )
     rows += [
         ("processes that exited during the run (run.py restarts workers)", len(gone), None, None),
         ("ERROR/WARNING/CRITICAL lines the service logged", sum(problems.values()), None, None),
     ]
     report("stress", rows, figures)
     if problems:
-        log("logged problems, most frequent first:\n" + "\n".join(f"  {n:6d}  {k}" for k, n in problems.most_common(10)))
+        log(
+            "logged problems, most frequent first:\n" + "\n".join(f"  {n:6d}  {k}" for k, n in problems.most_common(10))
+        )
     for kind, text in list(examples.items())[:10]:
         log(f"example of {kind}: {text}")
     return 0 if accounted else 1

@@ -13,6 +13,7 @@
 Each is run --repeat times on warm files (read once first) and the median is reported. Targets:
 c/b >= 0.85. run.py is stopped with SIGINT at the end, whatever happens.
 """
+
 import argparse
 import os
 import shutil
@@ -76,20 +77,29 @@ def run_service(images_root: Path, folder: str, tmp: Path, workers: int, size: i
                 elapsed = time.perf_counter() - started
                 result = answer.get("result") or {}
                 if answer["status"] != "finished" or result.get("total") != count or result.get("failed"):
-                    raise RuntimeError(f"the batch did not finish cleanly: {answer.get('status')}, "
-                                       f"total={result.get('total')}, failed={result.get('failed')}, error={answer.get('error')}")
+                    raise RuntimeError(
+                        f"the batch did not finish cleanly: {answer.get('status')}, "
+                        f"total={result.get('total')}, failed={result.get('failed')}, error={answer.get('error')}"
+                    )
                 time.sleep(0.3)  # the workers' log lines of the last chunk
                 chunks = chunk_times(logs, body["jobId"])
                 first_start, ended = parse_time(answer.get("startedAt")), parse_time(answer.get("endedAt"))
-                runs.append({
-                    "seconds": elapsed, "post_ms": 1000 * (posted - started),
-                    "to_first_chunk_ms": 1000 * (first_start - wall0) if first_start else None,
-                    "span_s": (ended - first_start) if first_start and ended else None,
-                    "after_end_ms": 1000 * (wall0 + elapsed - ended) if ended else None,
-                    "chunks": len(chunks), "chunk_work_s": sum(chunks),
-                })
-                log(f"service run {number + 1}: {count / elapsed:.1f} images/s ({elapsed:.2f} s; POST {runs[-1]['post_ms']:.0f} ms, "
-                    f"{len(chunks)} chunks, chunk work {sum(chunks):.2f} s)")
+                runs.append(
+                    {
+                        "seconds": elapsed,
+                        "post_ms": 1000 * (posted - started),
+                        "to_first_chunk_ms": 1000 * (first_start - wall0) if first_start else None,
+                        "span_s": (ended - first_start) if first_start and ended else None,
+                        "after_end_ms": 1000 * (wall0 + elapsed - ended) if ended else None,
+                        "chunks": len(chunks),
+                        "chunk_work_s": sum(chunks),
+                    }
+                )
+                log(
+                    f"service run {number + 1}: {count / elapsed:.1f} images/s "
+                    f"({elapsed:.2f} s; POST {runs[-1]['post_ms']:.0f} ms, "
+                    f"{len(chunks)} chunks, chunk work {sum(chunks):.2f} s)"
+                )
         finally:
             client.close()
     return min(runs, key=lambda run: abs(run["seconds"] - statistics.median(r["seconds"] for r in runs)))
@@ -98,9 +108,18 @@ def run_service(images_root: Path, folder: str, tmp: Path, workers: int, size: i
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=200, help="HD JPEGs to thumbnail (default 200)")
-    parser.add_argument("--corpus", type=Path, default=corpus.DEFAULT_OUT, help="corpus folder, made if missing (default images/bench-corpus)")
-    parser.add_argument("--repeat", type=int, default=3, help="timed runs of each of a, b, c; the median is reported (default 3)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="pool processes and service workers (default: cores)")
+    parser.add_argument(
+        "--corpus",
+        type=Path,
+        default=corpus.DEFAULT_OUT,
+        help="corpus folder, made if missing (default images/bench-corpus)",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="timed runs of each of a, b, c; the median is reported (default 3)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count(), help="pool processes and service workers (default: cores)"
+    )
     parser.add_argument("--size", type=int, default=100, help="thumbnail box, pixels (default 100)")
     args = parser.parse_args(argv)
     if not (1 <= args.count <= 5000 and 1 <= args.repeat <= 10 and args.workers >= 1):
@@ -144,28 +163,52 @@ def main(argv=None) -> int:
         # Worker time per chunk not spent inside the chunk's own loop: RQ's per-job cost and waiting.
         per_chunk_overhead = 1000 * (run["span_s"] * args.workers - run["chunk_work_s"]) / run["chunks"]
     figures = {
-        "images": n, "workers": args.workers, "repeat": args.repeat, "size": args.size,
-        "a_images_per_s": a, "b_images_per_s": b, "c_images_per_s": c, "c_over_a": c / a, "c_over_b": c / b,
-        "b_over_a": b / a, "target_c_over_b": TARGET, "target_met": c / b >= TARGET,
-        "a_seconds": a_times, "b_seconds": b_times, "c_seconds": run["seconds"],
-        "c_post_ms": run["post_ms"], "c_to_first_chunk_ms": run["to_first_chunk_ms"], "c_span_s": run["span_s"],
-        "c_after_end_ms": run["after_end_ms"], "c_chunks": run["chunks"], "c_chunk_work_s": run["chunk_work_s"],
+        "images": n,
+        "workers": args.workers,
+        "repeat": args.repeat,
+        "size": args.size,
+        "a_images_per_s": a,
+        "b_images_per_s": b,
+        "c_images_per_s": c,
+        "c_over_a": c / a,
+        "c_over_b": c / b,
+        "b_over_a": b / a,
+        "target_c_over_b": TARGET,
+        "target_met": c / b >= TARGET,
+        "a_seconds": a_times,
+        "b_seconds": b_times,
+        "c_seconds": run["seconds"],
+        "c_post_ms": run["post_ms"],
+        "c_to_first_chunk_ms": run["to_first_chunk_ms"],
+        "c_span_s": run["span_s"],
+        "c_after_end_ms": run["after_end_ms"],
+        "c_chunks": run["chunks"],
+        "c_chunk_work_s": run["chunk_work_s"],
         "c_worker_ms_per_chunk_outside_loop": per_chunk_overhead,
     }
     verdict = "met" if c / b >= TARGET else "MISSED"
-    report("thumbnails", [
-        (f"(a) one process, images/s ({n} x 1920x1280 JPEG -> {args.size}px)", a, None, None),
-        (f"(b) Pool({args.workers}), images/s", b, a, ...),
-        (f"(c) service, {args.workers} workers, images/s", c, b, ...),
-        ("(c) service vs one process (c/a)", c, a, ...),
-        (f"target c/b >= {TARGET}: {verdict}", c / b, TARGET, ...),
-        ("(c) POST answered, ms", run["post_ms"], None, None),
-        ("(c) POST to first chunk started, ms", run["to_first_chunk_ms"], None, None),
-        ("(c) first chunk start to batch job end, s", run["span_s"], None, None),
-        (f"(c) chunk loops, summed / {args.workers} workers, s", run["chunk_work_s"] / args.workers, run["span_s"], ...),
-        ("(c) batch job end to client has result, ms", run["after_end_ms"], None, None),
-        (f"(c) worker ms per chunk outside its loop ({run['chunks']} chunks)", per_chunk_overhead, None, None),
-    ], figures)
+    report(
+        "thumbnails",
+        [
+            (f"(a) one process, images/s ({n} x 1920x1280 JPEG -> {args.size}px)", a, None, None),
+            (f"(b) Pool({args.workers}), images/s", b, a, ...),
+            (f"(c) service, {args.workers} workers, images/s", c, b, ...),
+            ("(c) service vs one process (c/a)", c, a, ...),
+            (f"target c/b >= {TARGET}: {verdict}", c / b, TARGET, ...),
+            ("(c) POST answered, ms", run["post_ms"], None, None),
+            ("(c) POST to first chunk started, ms", run["to_first_chunk_ms"], None, None),
+            ("(c) first chunk start to batch job end, s", run["span_s"], None, None),
+            (
+                f"(c) chunk loops, summed / {args.workers} workers, s",
+                run["chunk_work_s"] / args.workers,
+                run["span_s"],
+                ...,
+            ),
+            ("(c) batch job end to client has result, ms", run["after_end_ms"], None, None),
+            (f"(c) worker ms per chunk outside its loop ({run['chunks']} chunks)", per_chunk_overhead, None, None),
+        ],
+        figures,
+    )
     return 0
 
 

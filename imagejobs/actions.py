@@ -4,6 +4,7 @@ and the page all read.
 To add an action, write its processor (imagejobs/processors/<name>.py, see processors/__init__.py
 for the signature) and its parameters model (params.py), then add its row here. Nothing else names it.
 """
+
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -31,20 +32,50 @@ class Action:
 ACTIONS = {
     action.name: action
     for action in (
-        Action("size", params.SizeParams, IMAGES_QUEUE, size.process, "Size", "Size",
-               "Width, height, format and colour mode of each image."),
-        Action("resize", params.ResizeParams, IMAGES_QUEUE, resize.process, "Thumbnail",
-               "Thumbnail {width} × {height} ({fit}{, format|upper})",
-               "The thumbnail fits the box: contain keeps the whole image, cover fills the box and crops, "
-               "stretch distorts."),
-        Action("classify", params.ClassifyParams, CLASSIFY_QUEUE, classify.process, "Classification",
-               "Classify (top {top})", "The ImageNet labels a model finds most likely, with their scores."),
-        Action("plot", params.PlotParams, IMAGES_QUEUE, plot.process, "Plot", "Plot: {kind}",
-               "An RGB histogram of one image, or a width x height scatter of several.", per_image=False),
+        Action(
+            name="size",
+            params=params.SizeParams,
+            queue=IMAGES_QUEUE,
+            process=size.process,
+            summary="Size",
+            title="Size",
+            description="Width, height, format and colour mode of each image.",
+        ),
+        Action(
+            name="resize",
+            params=params.ResizeParams,
+            queue=IMAGES_QUEUE,
+            process=resize.process,
+            summary="Thumbnail",
+            title="Thumbnail {width} × {height} ({fit}{, format|upper})",
+            description="The thumbnail fits the box: contain keeps the whole image, cover fills the box and crops, "
+            "stretch distorts.",
+        ),
+        Action(
+            name="classify",
+            params=params.ClassifyParams,
+            queue=CLASSIFY_QUEUE,
+            process=classify.process,
+            summary="Classification",
+            title="Classify (top {top})",
+            description="The ImageNet labels a model finds most likely, with their scores.",
+        ),
+        Action(
+            name="plot",
+            params=params.PlotParams,
+            queue=IMAGES_QUEUE,
+            process=plot.process,
+            summary="Plot",
+            title="Plot: {kind}",
+            description="An RGB histogram of one image, or a width x height scatter of several.",
+            per_image=False,
+        ),
     )
 }
-DEFAULT_ACTION = "resize"  # what a POST without an action does; GET /imageapi reads sizes only
+DEFAULT_ACTION = "resize"  # what a POST without an action does
+READ_ACTION = "size"  # the one action GET /imageapi runs (it changes nothing on disk)
 
 # Every parameter any action takes, with where the images come from and how long to wait.
-AnyActionParams = params.merged("AnyActionParams", params.Source, *(action.params for action in ACTIONS.values()),
-                                params.ResultQuery)
+AnyActionParams = params.merged(
+    "AnyActionParams", params.Source, *(action.params for action in ACTIONS.values()), params.ResultQuery
+)

@@ -1,5 +1,6 @@
 """What GET /result answers for a job (its status, result or error, a batch's progress), and waiting
 for a job to end without polling."""
+
 import time
 from datetime import datetime
 
@@ -59,8 +60,14 @@ def describe(redis: Redis, job: Job, read: Result | None = None) -> tuple[int, d
         ended = read if read is not None and read.type != Result.Type.RETRIED else job.latest_result()
     is_batch = job.meta.get("kind") == jobs.BATCH
     batch_started = batch.started_at(redis, job.id) if is_batch else None
-    body = {"jobId": job.id, "action": job.meta.get("action"), "status": _public_status(is_batch, batch_started, status),
-            "enqueuedAt": _iso(job.created_at), "startedAt": _iso(job.started_at), "endedAt": None}
+    body = {
+        "jobId": job.id,
+        "action": job.meta.get("action"),
+        "status": _public_status(is_batch, batch_started, status),
+        "enqueuedAt": _iso(job.created_at),
+        "startedAt": _iso(job.started_at),
+        "endedAt": None,
+    }
     if ended is not None:
         body["startedAt"] = _iso(ended.execution_started_at)
         body["endedAt"] = _iso(ended.execution_ended_at or ended.created_at)

@@ -18,6 +18,7 @@ Keys, all expiring with the batch:
   imagejob:batch:<id>:failed   set of indexes whose entry is an error
   imagejob:batch:<id>:chunks   set of chunk numbers that have ended
 """
+
 import json
 import logging
 import math
@@ -49,6 +50,7 @@ def _key(batch_id: str, part: str = "") -> str:
 
 # --- creating it (the API) ----------------------------------------------------------------------------
 
+
 def chunk_size(total: int, workers: int, most: int) -> int:
     """Images per chunk: about four chunks per worker, so every worker gets work and a slow
     chunk does not hold up the end, but never so small that per-job overhead dominates."""
@@ -60,13 +62,21 @@ def enqueue(redis: Redis, settings: Settings, action: Action, images: list[str],
     """The batch job (created, not yet queued), its record and its chunks (queued), written in one transaction."""
     q = queue(action.queue, redis)
     size = chunk_size(len(images), Worker.count(connection=redis, queue=q), settings.chunk_size)
-    batch_job = q.create_job(finish, args=(job_id, images), status=JobStatus.CREATED, **jobs.options(
-        settings, job_id, action.name, jobs.BATCH, tasks.on_failure, total=len(images)))
+    batch_job = q.create_job(
+        finish,
+        args=(job_id, images),
+        status=JobStatus.CREATED,
+        **jobs.options(settings, job_id, action.name, jobs.BATCH, tasks.on_failure, total=len(images)),
+    )
     batch_job.origin = q.name
     chunks = [
-        Queue.prepare_data(run_chunk, (job_id, action.name, number, start, images[start:start + size], params),
-                           **jobs.options(settings, f"{job_id}-{number}", action.name, jobs.CHUNK, on_chunk_failure,
-                                          batch=job_id, chunk=number))
+        Queue.prepare_data(
+            run_chunk,
+            (job_id, action.name, number, start, images[start : start + size], params),
+            **jobs.options(
+                settings, f"{job_id}-{number}", action.name, jobs.CHUNK, on_chunk_failure, batch=job_id, chunk=number
+            ),
+        )
         for number, start in enumerate(range(0, len(images), size))
     ]
     with redis.pipeline() as pipe:
@@ -74,12 +84,19 @@ def enqueue(redis: Redis, settings: Settings, action: Action, images: list[str],
         pipe.expire(_key(job_id), BATCH_KEY_TTL)
         batch_job.save(pipeline=pipe)
         chunk_jobs = q.enqueue_many(chunks, pipeline=pipe)
-        jobs.commit_unless_full(pipe, q, chunk_jobs, settings.max_queue_depth, created=(batch_job,),
-                                keys=tuple(_key(job_id, part) for part in PARTS))
+        jobs.commit_unless_full(
+            pipe,
+            q,
+            chunk_jobs,
+            settings.max_queue_depth,
+            created=(batch_job,),
+            keys=tuple(_key(job_id, part) for part in PARTS),
+        )
     return batch_job
 
 
 # --- running it (the workers) -------------------------------------------------------------------------
+
 
 def run_chunk(batch_id: str, action: str, chunk: int, offset: int, images: list[str], params: dict) -> dict:
     """Part of a batch: each image's entry goes to the batch record as it is made."""
@@ -91,8 +108,15 @@ def run_chunk(batch_id: str, action: str, chunk: int, offset: int, images: list[
     for index, entry in enumerate(ACTIONS[action].process(work), start=offset):
         record(redis, batch_id, index, entry)
         failed += "error" in entry
-    log.info("%s chunk %d of batch %s: %d images, %d failed, in %.1f ms",
-             action, chunk, batch_id, len(images), failed, 1000 * (time.perf_counter() - started))
+    log.info(
+        "%s chunk %d of batch %s: %d images, %d failed, in %.1f ms",
+        action,
+        chunk,
+        batch_id,
+        len(images),
+        failed,
+        1000 * (time.perf_counter() - started),
+    )
     end_chunk(redis, batch_id, chunk)
     return {"images": len(images), "failed": failed}
 
@@ -156,6 +180,7 @@ def collect(redis: Redis, batch_id: str, images: list[str]) -> list[dict]:
 
 
 # --- watching it (the API) ---------------------------------------------------------------------------
+
 
 def progress(redis: Redis, batch_id: str) -> dict | None:
     """{"done", "failed", "total"}: done counts images that succeeded. None if the batch is unknown."""

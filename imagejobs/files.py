@@ -1,4 +1,5 @@
 """Files a job makes that live in Redis beside its result (plots), under the same TTL."""
+
 from redis import Redis
 
 

@@ -4,6 +4,7 @@ queue's limit, and finding a user's job by its id.
 The job a user sees is a *single* job (one image, or a plot over several: tasks.py) or a *batch* job
 (a folder, several uploads or URLs: batch.py, with its *chunk* jobs, which the user never sees).
 """
+
 import uuid
 from collections.abc import Callable
 
@@ -26,9 +27,13 @@ def new_job_id() -> str:
 def options(settings: Settings, job_id: str, action: str, kind: str, on_failure: Callable, **meta) -> dict:
     """Every job of ours is kept RESULT_TTL, retried when its worker dies and explained when it fails."""
     return {
-        "job_id": job_id, "result_ttl": settings.result_ttl, "failure_ttl": settings.result_ttl,
-        "timeout": settings.job_timeout, "retry": Retry(max=settings.job_retries) if settings.job_retries else None,
-        "on_failure": Callback(on_failure), "meta": {"action": action, "kind": kind, **meta},
+        "job_id": job_id,
+        "result_ttl": settings.result_ttl,
+        "failure_ttl": settings.result_ttl,
+        "timeout": settings.job_timeout,
+        "retry": Retry(max=settings.job_retries) if settings.job_retries else None,
+        "on_failure": Callback(on_failure),
+        "meta": {"action": action, "kind": kind, **meta},
     }
 
 
@@ -36,8 +41,9 @@ class QueueFull(Exception):
     """More jobs wait than MAX_QUEUE_DEPTH: new work is refused (429) rather than queued without bound."""
 
 
-def commit_unless_full(pipe, q: Queue, queued: list[Job], limit: int, created: tuple[Job, ...] = (),
-                       keys: tuple[str, ...] = ()) -> None:
+def commit_unless_full(
+    pipe, q: Queue, queued: list[Job], limit: int, created: tuple[Job, ...] = (), keys: tuple[str, ...] = ()
+) -> None:
     """Run the enqueue transaction with the queue's length read inside it. If the queue already held
     `limit` jobs before the `queued` ones, take them back out (with the jobs `created` beside them and
     the `keys` written for them) and raise QueueFull.

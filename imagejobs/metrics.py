@@ -3,6 +3,7 @@
 Under gunicorn with several processes, PROMETHEUS_MULTIPROC_DIR makes the counters add up across them
 (gunicorn.conf.py sets it up); the Redis-backed gauges are read fresh, so they are the same from any process.
 """
+
 import os
 from functools import cache
 
@@ -16,8 +17,12 @@ from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegist
 from RedisConfig import QUEUE_NAMES, queue
 
 REQUESTS = Counter("imageapi_requests_total", "HTTP requests answered", ["method", "route", "status"])
-LATENCY = Histogram("imageapi_request_seconds", "Time to answer an HTTP request", ["route"],
-                    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+LATENCY = Histogram(
+    "imageapi_request_seconds",
+    "Time to answer an HTTP request",
+    ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 ENQUEUED = Counter("imageapi_jobs_enqueued_total", "Jobs enqueued", ["action", "kind"])
 IMAGES = Counter("imageapi_images_submitted_total", "Images named by enqueued jobs", ["action"])
 
@@ -35,7 +40,11 @@ class QueueCollector(Collector):
         for name in QUEUE_NAMES:
             q = queue(name, redis)
             depth.add_metric([name], q.count)
-            for state, registry in (("started", StartedJobRegistry), ("finished", FinishedJobRegistry), ("failed", FailedJobRegistry)):
+            for state, registry in (
+                ("started", StartedJobRegistry),
+                ("finished", FinishedJobRegistry),
+                ("failed", FailedJobRegistry),
+            ):
                 states.add_metric([name, state], registry(queue=q).count)
         yield depth
         yield states

@@ -4,6 +4,7 @@ OpenAPI document and to the page (`fields`).
 A request's parameters may come from the query string, form fields or a JSON body; the API merges
 them into one dict and validates it here, before anything is enqueued.
 """
+
 import json
 from typing import Literal
 
@@ -19,8 +20,9 @@ class Params(BaseModel):
         """Refuse (InvalidParameter) a number of images this action cannot take; any count by default."""
 
 
-def shown(unit: str | None = None, unit_name: str | None = None, labels: dict | None = None,
-          unset: str | None = None) -> dict:
+def shown(
+    unit: str | None = None, unit_name: str | None = None, labels: dict | None = None, unset: str | None = None
+) -> dict:
     """How the page shows a parameter, beside what its schema says: a unit ("px", "pixels"), the labels
     of its choices, and the label of "not given" (for an optional choice)."""
     extra = {"unit": unit, "unitName": unit_name, "labels": labels, "unsetLabel": unset}
@@ -30,9 +32,13 @@ def shown(unit: str | None = None, unit_name: str | None = None, labels: dict | 
 class Source(Params):
     """Which images a request names (uploads come as files, not parameters)."""
 
-    imagePath: str | None = Field(None, description="a file or folder inside the images root", min_length=1, max_length=1024)
+    imagePath: str | None = Field(
+        None, description="a file or folder inside the images root", min_length=1, max_length=1024
+    )
     recursive: bool = Field(False, description="include the subfolders of a folder")
-    imageUrl: list[str] | None = Field(None, description="an http(s) URL, or several (a JSON list), that a worker downloads")
+    imageUrl: list[str] | None = Field(
+        None, description="an http(s) URL, or several (a JSON list), that a worker downloads"
+    )
 
     @field_validator("imageUrl", mode="before")
     @classmethod
@@ -58,12 +64,18 @@ PIXELS = shown("px", "pixels")
 
 class ResizeParams(Params):
     width: int = Field(100, ge=1, le=4096, title="Width", description="box width in pixels", json_schema_extra=PIXELS)
-    height: int = Field(100, ge=1, le=4096, title="Height", description="box height in pixels", json_schema_extra=PIXELS)
+    height: int = Field(
+        100, ge=1, le=4096, title="Height", description="box height in pixels", json_schema_extra=PIXELS
+    )
     fit: Literal["contain", "cover", "stretch"] = Field(
-        "contain", title="Fit", description="keep aspect inside the box, fill and crop, or distort")
+        "contain", title="Fit", description="keep aspect inside the box, fill and crop, or distort"
+    )
     format: Literal[FORMATS] | None = Field(
-        None, title="Format", description="output format; default: the source's",
-        json_schema_extra=shown(labels={"jpeg": "JPEG", "png": "PNG", "webp": "WebP"}, unset="as the source"))
+        None,
+        title="Format",
+        description="output format; default: the source's",
+        json_schema_extra=shown(labels={"jpeg": "JPEG", "png": "PNG", "webp": "WebP"}, unset="as the source"),
+    )
 
     @field_validator("format", "fit", mode="before")
     @classmethod
@@ -75,13 +87,17 @@ class ResizeParams(Params):
 
 
 class ClassifyParams(Params):
-    top: int = Field(5, ge=1, le=20, title="Labels per image", description="how many of the best ImageNet labels to give")
+    top: int = Field(
+        5, ge=1, le=20, title="Labels per image", description="how many of the best ImageNet labels to give"
+    )
 
 
 class PlotParams(Params):
     kind: Literal["histogram", "sizes"] = Field(
-        title="Chart", description="histogram of one image, or width x height scatter of several",
-        json_schema_extra=shown(labels={"histogram": "RGB histogram (one image)", "sizes": "Sizes (several images)"}))
+        title="Chart",
+        description="histogram of one image, or width x height scatter of several",
+        json_schema_extra=shown(labels={"histogram": "RGB histogram (one image)", "sizes": "Sizes (several images)"}),
+    )
 
     def check_image_count(self, count: int) -> None:
         if self.kind == "histogram" and count != 1:
@@ -89,19 +105,27 @@ class PlotParams(Params):
 
 
 class BrowseQuery(Params):
-    path: str = Field(".", min_length=1, max_length=1024, description="a folder inside the images root; default: the root")
+    path: str = Field(
+        ".", min_length=1, max_length=1024, description="a folder inside the images root; default: the root"
+    )
 
 
 class ResultQuery(Params):
-    wait: float = Field(0, ge=0, le=30, description="seconds to hold the answer until the job ends (then 200 with its result)")
+    wait: float = Field(
+        0, ge=0, le=30, description="seconds to hold the answer until the job ends (then 200 with its result)"
+    )
 
 
 def merged(name: str, *models: type[Params]) -> type[Params]:
     """One model with every parameter of the models (their validators too), each optional: what any
     request may carry, checked on every request so that a malformed one is a 400 even where the chosen
     action would not read it."""
-    optional = {field_name: (field.annotation | None, Field(None, description=field.description))
-                for model in models for field_name, field in model.model_fields.items() if field.is_required()}
+    optional = {
+        field_name: (field.annotation | None, Field(None, description=field.description))
+        for model in models
+        for field_name, field in model.model_fields.items()
+        if field.is_required()
+    }
     return create_model(name, __base__=models, **optional)
 
 
@@ -112,15 +136,22 @@ def fields(model: type[Params]) -> list[dict]:
     described = []
     for name, prop in schema["properties"].items():
         options = [option for option in prop.get("anyOf", [prop]) if option.get("type") != "null"]
-        field = {"name": name, "title": prop.get("title", name), "description": prop.get("description", ""),
-                 "required": name in schema.get("required", ()), "optional": len(options) < len(prop.get("anyOf", [prop])),
-                 **prop.get("x-shown", {})}
+        field = {
+            "name": name,
+            "title": prop.get("title", name),
+            "description": prop.get("description", ""),
+            "required": name in schema.get("required", ()),
+            "optional": len(options) < len(prop.get("anyOf", [prop])),
+            **prop.get("x-shown", {}),
+        }
         if "default" in prop:
             field["default"] = prop["default"]
         if "enum" in options[0]:
             field.update(type="choice", choices=options[0]["enum"])
         else:
-            field.update(type=options[0].get("type"), minimum=options[0].get("minimum"), maximum=options[0].get("maximum"))
+            field.update(
+                type=options[0].get("type"), minimum=options[0].get("minimum"), maximum=options[0].get("maximum")
+            )
         described.append(field)
     return described
 

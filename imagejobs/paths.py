@@ -3,6 +3,7 @@
 Every path a user gives is resolved (symlinks too) and must land inside the images root; a path that
 leaves it is refused before anything touches the file system beyond that check.
 """
+
 import os
 import unicodedata
 from pathlib import Path, PurePosixPath

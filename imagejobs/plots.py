@@ -3,6 +3,7 @@
 Each chart has its own Figure (never pyplot's global state), is drawn into a BytesIO and dropped,
 so thousands of plots leave memory flat and no two jobs share a figure.
 """
+
 import io
 from collections import Counter
 
@@ -46,13 +47,19 @@ def histogram_png(source: str, counts: dict[str, list[int]]) -> bytes:
 def sizes_png(source: str, sizes: list[dict], unreadable: int) -> bytes:
     """A width x height scatter of images, one colour per format; sizes holds {"width", "height", "format"}."""
     plural = "s" * (len(sizes) != 1)
-    figure, axes = _figure(f"Sizes of {len(sizes)} image{plural} in {source}"
-                           + (f" ({unreadable} unreadable file{'s' * (unreadable != 1)} left out)" if unreadable else ""))
+    figure, axes = _figure(
+        f"Sizes of {len(sizes)} image{plural} in {source}"
+        + (f" ({unreadable} unreadable file{'s' * (unreadable != 1)} left out)" if unreadable else "")
+    )
     by_format = Counter(size["format"] for size in sizes)
     for image_format in sorted(by_format):
         points = [size for size in sizes if size["format"] == image_format]
-        axes.scatter([p["width"] for p in points], [p["height"] for p in points], alpha=0.7,
-                     label=f"{image_format} ({by_format[image_format]})")
+        axes.scatter(
+            [p["width"] for p in points],
+            [p["height"] for p in points],
+            alpha=0.7,
+            label=f"{image_format} ({by_format[image_format]})",
+        )
     axes.set_xlabel("width (pixels)")
     axes.set_ylabel("height (pixels)")
     axes.set_xlim(left=0)

@@ -6,6 +6,7 @@
 A batch's jobs are in batch.py. A single job with a bad image fails with that image's sentence and is
 not retried (a bad image stays bad); anything else is retried while JOB_RETRIES last.
 """
+
 import logging
 import time
 
@@ -26,16 +27,30 @@ log = logging.getLogger(__name__)
 
 # --- the API's side ---------------------------------------------------------------------------------
 
+
 def enqueue_single(redis: Redis, settings: Settings, action: Action, image: str, params: dict, job_id: str) -> Job:
-    return _enqueue(redis, settings, action, run_single, (action.name, image, params), jobs.options(
-        settings, job_id, action.name, jobs.SINGLE, on_failure))
+    return _enqueue(
+        redis,
+        settings,
+        action,
+        run_single,
+        (action.name, image, params),
+        jobs.options(settings, job_id, action.name, jobs.SINGLE, on_failure),
+    )
 
 
-def enqueue_whole(redis: Redis, settings: Settings, action: Action, images: list[str], params: dict, job_id: str,
-                  named: str) -> Job:
+def enqueue_whole(
+    redis: Redis, settings: Settings, action: Action, images: list[str], params: dict, job_id: str, named: str
+) -> Job:
     """One job over all the images at once (a plot of a folder): its result is about them together."""
-    return _enqueue(redis, settings, action, run_whole, (action.name, images, params, named), jobs.options(
-        settings, job_id, action.name, jobs.SINGLE, on_failure, total=len(images)))
+    return _enqueue(
+        redis,
+        settings,
+        action,
+        run_whole,
+        (action.name, images, params, named),
+        jobs.options(settings, job_id, action.name, jobs.SINGLE, on_failure, total=len(images)),
+    )
 
 
 def _enqueue(redis: Redis, settings: Settings, action: Action, func, args: tuple, options: dict) -> Job:
@@ -49,6 +64,7 @@ def _enqueue(redis: Redis, settings: Settings, action: Action, func, args: tuple
 
 # --- the worker's side ------------------------------------------------------------------------------
 
+
 def current_work(images: list[str], params: dict, named: str) -> Work:
     """The Work of the job this worker runs now (a chunk's downloads go under its batch's id)."""
     job = get_current_job()
@@ -58,7 +74,13 @@ def current_work(images: list[str], params: dict, named: str) -> Work:
 def run_single(action: str, image: str, params: dict) -> dict:
     started = time.perf_counter()
     entry = only_entry(ACTIONS[action], current_work([image], params, image))
-    log.info("%s %s in %.1f ms%s", action, image, 1000 * (time.perf_counter() - started), " (failed)" if "error" in entry else "")
+    log.info(
+        "%s %s in %.1f ms%s",
+        action,
+        image,
+        1000 * (time.perf_counter() - started),
+        " (failed)" if "error" in entry else "",
+    )
     return result_of(entry)
 
 
@@ -101,8 +123,10 @@ def failure_sentence(job: Job, exc_type, exc_value) -> str:
     if exc_type is ImageJobError:
         return str(exc_value)
     if issubclass(exc_type, JobTimeoutException):
-        return (f"The job ran longer than its limit of {job.timeout} seconds (JOB_TIMEOUT) and was stopped; "
-                "raise the limit or send fewer or smaller images.")
+        return (
+            f"The job ran longer than its limit of {job.timeout} seconds (JOB_TIMEOUT) and was stopped; "
+            "raise the limit or send fewer or smaller images."
+        )
     if issubclass(exc_type, AbandonedJobError):
         return "The worker running this job stopped before it finished, and retries ran out; submit it again."
     return f"The job failed unexpectedly ({exc_type.__name__}); the worker log has details under job {job.id}."

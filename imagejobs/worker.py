@@ -19,6 +19,7 @@ WORKER_BEAT_EVERY seconds otherwise, in one round trip; writes its state only wh
 checks for suspension at most every SUSPENSION_CHECK_EVERY seconds (bench/README.md gives the before
 and after).
 """
+
 import logging
 import threading
 import time
@@ -55,7 +56,12 @@ class ImageWorker(SimpleWorker):
         while it blocks for work. A beat of its own is one round trip (HSET and EXPIRE pipelined).
         """
         full = timeout is None
-        if full and pipeline is None and self._full_beat_at is not None and time.monotonic() - self._full_beat_at < WORKER_BEAT_EVERY:
+        if (
+            full
+            and pipeline is None
+            and self._full_beat_at is not None
+            and time.monotonic() - self._full_beat_at < WORKER_BEAT_EVERY
+        ):
             return
         if pipeline is None:
             with self.connection.pipeline() as own:
@@ -113,8 +119,12 @@ FAILURE_CALLBACKS = {_name(function): function for function in (tasks.on_failure
 # The paths of the release before the imagejobs package, for jobs it queued: kept for one release, so
 # an upgrade need not wait for the queues to drain (README, "Upgrading"). Its one failure callback
 # served both kinds of job.
-LEGACY_TASKS = {"tasks.run_single": tasks.run_single, "tasks.run_whole": tasks.run_whole,
-                "tasks.run_chunk": batch.run_chunk, "tasks.finish_batch": batch.finish}
+LEGACY_TASKS = {
+    "tasks.run_single": tasks.run_single,
+    "tasks.run_whole": tasks.run_whole,
+    "tasks.run_chunk": batch.run_chunk,
+    "tasks.finish_batch": batch.finish,
+}
 LEGACY_FAILURE_CALLBACK = "tasks.on_failure"
 
 

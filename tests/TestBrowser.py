@@ -3,6 +3,7 @@
 Each state a test reaches is saved as a screenshot under test-artifacts/ (git-ignored); a finished
 batch is also saved as docs/page.png, the README's picture of the page.
 """
+
 import base64
 import re
 from pathlib import Path
@@ -19,8 +20,14 @@ from imagejobs.embedded_redis import free_port  # noqa: E402
 from tests.support import ROOT, TESTDATA, RunningService, copy_sample  # noqa: E402
 
 ARTIFACTS = ROOT / "test-artifacts"
-LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-               "--disable-sync", "--no-first-run"]
+LAUNCH_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 JOB_TIMEOUT = 60_000  # ms: the slowest job here, a classification, takes about a second once the model is warm
 SAMPLES = ("castle_image.jpg", "jemma.png", "CogentLabs.jpg")
 
@@ -66,11 +73,18 @@ class Recorder:
         page.on("request", lambda request: self.requests.append(request))
 
     def foreign(self) -> list[str]:
-        return [request.url for request in self.requests
-                if not request.url.startswith(self.origin + "/") and not request.url.startswith(f"blob:{self.origin}/")]
+        return [
+            request.url
+            for request in self.requests
+            if not request.url.startswith(self.origin + "/") and not request.url.startswith(f"blob:{self.origin}/")
+        ]
 
     def posts(self, path: str) -> list:
-        return [request for request in self.requests if request.method == "POST" and request.url.startswith(self.origin + path)]
+        return [
+            request
+            for request in self.requests
+            if request.method == "POST" and request.url.startswith(self.origin + path)
+        ]
 
 
 def open_page(browser, url: str, **context_options) -> tuple[Page, Recorder]:
@@ -114,8 +128,11 @@ def newest_job(page: Page, status: str = "finished"):
 
 def image_loaded(page: Page, selector: str) -> None:
     page.wait_for_function(
-        "selector => { const img = document.querySelector(selector); return img && img.complete && img.naturalWidth > 0; }",
-        arg=selector, timeout=15_000)
+        "selector => { const img = document.querySelector(selector); "
+        "return img && img.complete && img.naturalWidth > 0; }",
+        arg=selector,
+        timeout=15_000,
+    )
 
 
 def tab_to(page: Page, selector: str, presses: int = 30) -> None:
@@ -158,8 +175,10 @@ def test_two_uploaded_photos_resized_show_two_thumbnails(page):
     thumbnails = job.locator("img.entry-thumb")
     expect(thumbnails).to_have_count(2)
     page.wait_for_function(  # both drawn, each from /result/file?jobId=&index=
-        "() => [...document.querySelectorAll('.job img.entry-thumb')].filter(i => i.complete && i.naturalWidth > 0).length >= 2",
-        timeout=15_000)
+        "() => [...document.querySelectorAll('.job img.entry-thumb')]"
+        ".filter(i => i.complete && i.naturalWidth > 0).length >= 2",
+        timeout=15_000,
+    )
     shot(page, "uploads-resized")
 
 
@@ -267,8 +286,14 @@ def test_invalid_values_are_stopped_in_the_page_and_the_api_refusal_is_shown(pag
 
 
 def test_reload_keeps_the_jobs_and_an_expired_one_says_so(page):
-    old = {"id": "0" * 32, "action": "size", "title": "Size of an old photo", "subject": "old.jpg", "detail": "",
-           "submitted": "2020-01-01T00:00:00Z"}
+    old = {
+        "id": "0" * 32,
+        "action": "size",
+        "title": "Size of an old photo",
+        "subject": "old.jpg",
+        "detail": "",
+        "submitted": "2020-01-01T00:00:00Z",
+    }
     page.evaluate("job => localStorage.setItem('imageapi.jobs', JSON.stringify([job]))", old)
     choose(page, "source", "path")
     page.fill("#image-path", "castle_image.jpg")
@@ -306,8 +331,9 @@ def test_a_375_px_wide_screen_has_no_horizontal_scroll(browser, service):
 
 
 def test_a_401_asks_once_for_a_token_and_every_call_then_carries_it(browser, tmp_path):
-    running, url = start_service(tmp_path, "--workers", "1", "--no-classifier",
-                                 env={"API_TOKENS": "s3cret-token", "BIND_HOST": "127.0.0.1"})
+    running, url = start_service(
+        tmp_path, "--workers", "1", "--no-classifier", env={"API_TOKENS": "s3cret-token", "BIND_HOST": "127.0.0.1"}
+    )
     try:
         page, recorder = open_page(browser, url)
         page.set_input_files("#file-input", str(TESTDATA / "jemma.png"))

@@ -39,7 +39,11 @@ def photos(tmp_path_factory) -> dict:
     skimage_data = pytest.importorskip("skimage.data")
     coffee = tmp_path_factory.mktemp("photos") / "coffee.png"
     PILImage.fromarray(skimage_data.coffee()).save(coffee)
-    return {"castle_image.jpg": TESTDATA / "castle_image.jpg", "jemma.png": TESTDATA / "jemma.png", "coffee.png": coffee}
+    return {
+        "castle_image.jpg": TESTDATA / "castle_image.jpg",
+        "jemma.png": TESTDATA / "jemma.png",
+        "coffee.png": coffee,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +71,9 @@ def test_real_weights_load(state_dict):
     assert state_dict["_blocks.15._project_conv.weight"].shape == (320, 1152, 1, 1)
     assert state_dict["_conv_head.weight"].shape == (1280, 320, 1, 1)
     assert state_dict["_fc.weight"].shape == (1000, 1280) and state_dict["_fc.bias"].shape == (1000,)
-    assert state_dict["_bn1.num_batches_tracked"].dtype == np.int64 and state_dict["_bn1.num_batches_tracked"].shape == ()
+    assert (
+        state_dict["_bn1.num_batches_tracked"].dtype == np.int64 and state_dict["_bn1.num_batches_tracked"].shape == ()
+    )
     # _fc.weight is stored transposed (stride (1, 1000)); the reader lays it out in C order.
     assert state_dict["_fc.weight"].flags.c_contiguous
     assert np.all(state_dict["_bn0.running_var"] >= 0) and np.isfinite(state_dict["_fc.weight"]).all()
@@ -108,12 +114,17 @@ def state_dict_pickle(entries, legacy=True) -> bytes:
         pid = [op_str("storage"), op_global("torch", storage), op_str(key), op_str("cpu"), op_int(numel)]
         pid = op_tuple(*pid, *([b"N"] if legacy else [])) + b"Q"  # BINPERSID
         hooks = op_global("collections", "OrderedDict") + b")R"
-        args = op_tuple(pid, op_int(offset), op_tuple(*map(op_int, size)), op_tuple(*map(op_int, stride)), b"\x89", hooks)
+        args = op_tuple(
+            pid, op_int(offset), op_tuple(*map(op_int, size)), op_tuple(*map(op_int, stride)), b"\x89", hooks
+        )
         body += op_str(name) + op_global("torch._utils", "_rebuild_tensor_v2") + args + b"R" + b"s"
     return a_pickle(body)
 
 
-STORAGES = {"10": ("FloatStorage", np.arange(6, dtype="<f4") / 4), "20": ("LongStorage", np.array([7, -3], dtype="<i8"))}
+STORAGES = {
+    "10": ("FloatStorage", np.arange(6, dtype="<f4") / 4),
+    "20": ("LongStorage", np.array([7, -3], dtype="<i8")),
+}
 ENTRIES = [
     ("plain", "10", "FloatStorage", 6, 0, (2, 3), (3, 1)),
     ("transposed", "10", "FloatStorage", 6, 0, (3, 2), (1, 3)),
@@ -124,7 +135,9 @@ ENTRIES = [
 
 def legacy_file(data_pickle: bytes, storages=STORAGES) -> bytes:
     header = pickle.dumps(0x1950A86A20F9469CFC6C, 2) + pickle.dumps(1001, 2)
-    header += pickle.dumps({"protocol_version": 1001, "little_endian": True, "type_sizes": {"short": 2, "int": 4, "long": 4}}, 2)
+    header += pickle.dumps(
+        {"protocol_version": 1001, "little_endian": True, "type_sizes": {"short": 2, "int": 4, "long": 4}}, 2
+    )
     tail = pickle.dumps(list(storages), 2)
     for _, values in storages.values():
         tail += struct.pack("<q", values.size) + values.tobytes()
@@ -185,11 +198,18 @@ def evil_pickles(marker: Path) -> dict:
 
     return {
         "os.system by hand": a_pickle(op_global("os", "system") + op_tuple(op_str(f"touch {marker}")) + b"R"),
-        "builtins.eval by hand": a_pickle(op_global("builtins", "eval") + op_tuple(op_str(f"open({str(marker)!r}, 'w').close()")) + b"R"),
+        "builtins.eval by hand": a_pickle(
+            op_global("builtins", "eval") + op_tuple(op_str(f"open({str(marker)!r}, 'w').close()")) + b"R"
+        ),
         "__reduce__ to os.system": pickle.dumps(Reduce(), protocol=2),
         "subprocess inside a tensor": a_pickle(
-            op_global("collections", "OrderedDict") + b")R" + op_str("x")
-            + op_global("subprocess", "call") + op_tuple(op_tuple(op_str("touch"), op_str(str(marker)))) + b"R" + b"s"
+            op_global("collections", "OrderedDict")
+            + b")R"
+            + op_str("x")
+            + op_global("subprocess", "call")
+            + op_tuple(op_tuple(op_str("touch"), op_str(str(marker))))
+            + b"R"
+            + b"s"
         ),
     }
 
@@ -244,7 +264,11 @@ def test_build_refuses_missing_extra_and_misshapen_tensors(state_dict):
     with pytest.raises(ValueError) as raised:
         efficientnet_lite.build(broken)
     message = str(raised.value)
-    assert "_blocks.3._bn1.bias: missing" in message and "_fc.weight: shape" in message and "unused tensors: _extra.weight" in message
+    assert (
+        "_blocks.3._bn1.bias: missing" in message
+        and "_fc.weight: shape" in message
+        and "unused tensors: _extra.weight" in message
+    )
 
 
 def test_keras_model_and_tflite_agree_on_the_photos(clf, photos, state_dict):
@@ -342,7 +366,9 @@ def test_preprocess_crops_the_centre_and_scales():
     img.paste((200, 100, 50), (144, 16, 144 + 224, 16 + 224))
     pixels = classifier.preprocess(img)
     assert pixels.shape == (224, 224, 3) and pixels.dtype == np.float32
-    np.testing.assert_allclose(pixels, np.broadcast_to(np.array([73, -27, -77], np.float32) / 128, (224, 224, 3)), atol=1e-6)
+    np.testing.assert_allclose(
+        pixels, np.broadcast_to(np.array([73, -27, -77], np.float32) / 128, (224, 224, 3)), atol=1e-6
+    )
 
 
 def test_preprocess_value_range_and_resize():
@@ -468,11 +494,14 @@ def tiny_model(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize(("model", "labels", "names"), [
-    ("tiny.keras", "labels.txt", ["red", "green", "blue"]),
-    ("tiny_logits.keras", "labels.json", ["rouge", "vert", "bleu"]),
-    ("tiny_legacy.h5", "labels.txt", ["red", "green", "blue"]),
-])
+@pytest.mark.parametrize(
+    ("model", "labels", "names"),
+    [
+        ("tiny.keras", "labels.txt", ["red", "green", "blue"]),
+        ("tiny_logits.keras", "labels.json", ["rouge", "vert", "bleu"]),
+        ("tiny_legacy.h5", "labels.txt", ["red", "green", "blue"]),
+    ],
+)
 def test_a_configured_keras_model(tiny_model, model, labels, names):
     tiny = Classifier.load(str(tiny_model / model), str(tiny_model / labels))
     assert tiny.name == Path(model).stem and tiny.labels == names

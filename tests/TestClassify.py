@@ -1,5 +1,6 @@
 """The classify action through the whole service: the API queues it, the classify worker (`python worker.py
 classify`, as the containers and run.py start it) runs EfficientNet-Lite0 with its real ImageNet weights."""
+
 import os
 import subprocess
 import sys
@@ -24,7 +25,9 @@ def start_classifier(env: dict | None = None) -> subprocess.Popen:
 # This test runs first in the module, while no other classify worker is up (the fixture below starts one later).
 def test_a_missing_model_fails_the_job_with_what_to_set(client, folder, images_root):
     (folder / "labels.txt").write_text("cat\ndog\n")
-    bad = start_classifier({"CLASSIFIER_MODEL": str(folder / "nope.keras"), "CLASSIFIER_LABELS": str(folder / "labels.txt")})
+    bad = start_classifier(
+        {"CLASSIFIER_MODEL": str(folder / "nope.keras"), "CLASSIFIER_LABELS": str(folder / "labels.txt")}
+    )
     try:
         copy_sample("castle_image.jpg", folder / "castle.jpg")
         body = submit(client, "POST", data={"action": "classify", "imagePath": rel(folder / "castle.jpg", images_root)})
@@ -45,13 +48,19 @@ def classifier_worker():
 
 def test_the_castle_photo_is_a_castle(client, classifier_worker, folder, images_root):
     copy_sample("castle_image.jpg", folder / "castle.jpg")
-    body = submit(client, "POST", query_string={"action": "classify", "top": "3"},
-                  data={"imagePath": rel(folder / "castle.jpg", images_root)})
+    body = submit(
+        client,
+        "POST",
+        query_string={"action": "classify", "top": "3"},
+        data={"imagePath": rel(folder / "castle.jpg", images_root)},
+    )
     done = result_of(client, body["jobId"])
     assert done["status"] == "finished" and done["action"] == "classify"
     result = done["result"]
     assert result["model"] == "efficientnet-lite0" and len(result["predictions"]) == 3
-    assert result["predictions"][0]["label"] == "castle" and result["predictions"][0]["score"] == pytest.approx(0.52, abs=0.05)
+    assert result["predictions"][0]["label"] == "castle" and result["predictions"][0]["score"] == pytest.approx(
+        0.52, abs=0.05
+    )
     scores = [prediction["score"] for prediction in result["predictions"]]
     assert scores == sorted(scores, reverse=True)
 
@@ -75,16 +84,22 @@ def test_a_folder_gives_per_image_predictions_and_errors(client, classifier_work
 def test_top_is_1_to_20(client, folder, images_root, top):
     copy_sample("castle_image.jpg", folder / "castle.jpg")
     before = queue(CLASSIFY_QUEUE).count
-    answer = client.post("/imageapi", data={"action": "classify", "top": top, "imagePath": rel(folder / "castle.jpg", images_root)})
+    answer = client.post(
+        "/imageapi", data={"action": "classify", "top": top, "imagePath": rel(folder / "castle.jpg", images_root)}
+    )
     # top=21 -> 400 "Invalid parameter top: Input should be less than or equal to 20 (got '21')."
     assert answer.status_code == 400 and "top" in answer.get_json()["error"]
     assert queue(CLASSIFY_QUEUE).count == before
 
 
 def test_the_api_and_image_workers_never_import_the_model_libraries():
-    code = ("import sys, RestAPI, imagejobs.tasks, worker; "
-            "heavy = {'tensorflow', 'keras', 'ai_edge_litert', 'imagejobs.classifier'}; "
-            "print(sorted(heavy & {name.split('.')[0] for name in sys.modules} | heavy & set(sys.modules)))")
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=os.environ.copy(), capture_output=True, text=True, timeout=60)
+    code = (
+        "import sys, RestAPI, imagejobs.tasks, worker; "
+        "heavy = {'tensorflow', 'keras', 'ai_edge_litert', 'imagejobs.classifier'}; "
+        "print(sorted(heavy & {name.split('.')[0] for name in sys.modules} | heavy & set(sys.modules)))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=os.environ.copy(), capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"

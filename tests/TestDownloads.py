@@ -5,6 +5,7 @@ address urllib3 is about to connect to is a loopback one (and records it, so a r
 that nothing connected), and `lookups` answers test names (*.test) itself and lets only numeric
 hosts reach the real getaddrinfo, which parses them without DNS.
 """
+
 import datetime
 import ipaddress
 import socket
@@ -24,6 +25,7 @@ NOT_ALLOWED = "which is not allowed (set ALLOWED_URL_NETWORKS to allow it)."
 
 
 # --- the guards ------------------------------------------------------------------------------
+
 
 @pytest.fixture(autouse=True)
 def connections(monkeypatch) -> list[tuple[str, int]]:
@@ -88,6 +90,7 @@ def is_numeric(host: str) -> bool:
 
 # --- helpers ---------------------------------------------------------------------------------
 
+
 def refusal(call, *args, **kwargs) -> str:
     """The sentence of the DownloadError call raises, checked to be one sentence with no path in it."""
     with pytest.raises(DownloadError) as raised:
@@ -108,6 +111,7 @@ def files_in(folder: Path) -> list[str]:
 
 # --- successful downloads --------------------------------------------------------------------
 
+
 def test_downloads_the_image_over_ipv4_and_ipv6(any_server, tmp_path, connections):
     path = fetch(any_server.url("/img/castle.jpg"), tmp_path / "new" / "folder")
     assert path == tmp_path / "new" / "folder" / "castle.jpg"
@@ -117,17 +121,20 @@ def test_downloads_the_image_over_ipv4_and_ipv6(any_server, tmp_path, connection
     assert any_server.requests == [("/img/castle.jpg", any_server.authority)]  # the path and the Host header
 
 
-@pytest.mark.parametrize(("path", "name"), [
-    ("/img/caf%C3%A9%20%E5%9F%8E%E5%A0%A1.jpg", "café 城堡.jpg"),  # unicode kept, percent-decoded
-    ("/img/Ærøskøbing.jpeg", "Ærøskøbing.jpeg"),  # raw unicode in the URL
-    ("/img/", "download.jpg"),  # nothing to name it after, so the fallback and the image's extension
-    ("/img/noext", "noext.jpg"),  # the image's extension added
-    ("/img/..%2F..%2Fetc%2Fpasswd", "passwd.jpg"),  # encoded separators split too
-    ("/img/a%5Cb%5C.hidden.jpg", "hidden.jpg"),  # backslashes, and leading dots go
-    ("/img/%E2%80%AEgpj.exe", "gpj.exe.jpg"),  # U+202E (display right-to-left) dropped
-    ("/img/" + "%C3%A9" * 150 + ".jpg", "é" * 100 + ".jpg"),  # cut to 200 bytes of UTF-8, then extended
-    ("/img/shot.jpg?size=large#top", "shot.jpg"),  # query and fragment ignored
-])
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [
+        ("/img/caf%C3%A9%20%E5%9F%8E%E5%A0%A1.jpg", "café 城堡.jpg"),  # unicode kept, percent-decoded
+        ("/img/Ærøskøbing.jpeg", "Ærøskøbing.jpeg"),  # raw unicode in the URL
+        ("/img/", "download.jpg"),  # nothing to name it after, so the fallback and the image's extension
+        ("/img/noext", "noext.jpg"),  # the image's extension added
+        ("/img/..%2F..%2Fetc%2Fpasswd", "passwd.jpg"),  # encoded separators split too
+        ("/img/a%5Cb%5C.hidden.jpg", "hidden.jpg"),  # backslashes, and leading dots go
+        ("/img/%E2%80%AEgpj.exe", "gpj.exe.jpg"),  # U+202E (display right-to-left) dropped
+        ("/img/" + "%C3%A9" * 150 + ".jpg", "é" * 100 + ".jpg"),  # cut to 200 bytes of UTF-8, then extended
+        ("/img/shot.jpg?size=large#top", "shot.jpg"),  # query and fragment ignored
+    ],
+)
 def test_file_name_comes_from_the_url_path(server, tmp_path, path, name):
     assert fetch(server.url(path), tmp_path).name == name
 
@@ -146,16 +153,23 @@ def test_follows_redirects_of_every_kind_up_to_the_limit(server, tmp_path):
 def test_max_pixels_applies(server, tmp_path):
     # Tried: the 800x480 castle with max_pixels=1000. Got: refused by Image.read_size's sentence, no file.
     message = refusal(fetch, server.url("/img/castle.jpg"), tmp_path, max_pixels=1000)
-    assert message == "The URL's content is not an image: the image has 384,000 pixels, more than the limit of 1,000 (MAX_IMAGE_PIXELS)."
+    assert message == (
+        "The URL's content is not an image: the image has 384,000 pixels, "
+        "more than the limit of 1,000 (MAX_IMAGE_PIXELS)."
+    )
     assert files_in(tmp_path) == []
 
 
 # --- DNS: resolved once, every address checked -----------------------------------------------
 
-@pytest.mark.parametrize(("family", "first", "second"), [
-    ("ipv4", "127.0.0.1", "169.254.169.254"),
-    ("ipv6", "::1", "127.0.0.1"),  # ::1 is allowed here, 127.0.0.1 is not
-])
+
+@pytest.mark.parametrize(
+    ("family", "first", "second"),
+    [
+        ("ipv4", "127.0.0.1", "169.254.169.254"),
+        ("ipv6", "::1", "127.0.0.1"),  # ::1 is allowed here, 127.0.0.1 is not
+    ],
+)
 def test_dns_is_pinned_to_the_checked_address(request, tmp_path, lookups, connections, family, first, second):
     server = request.getfixturevalue("server4" if family == "ipv4" else "server6")
     server.requests.clear()
@@ -194,72 +208,102 @@ def test_unknown_host_is_a_sentence(tmp_path, lookups, connections):
 
 # --- address classes -------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("address", "kind"), [
-    ("10.0.0.1", "a private address"),
-    ("172.16.5.4", "a private address"),
-    ("192.168.1.1", "a private address"),
-    ("fd12:3456::1", "a private address"),
-    ("fec0::1", "a private address"),  # deprecated IPv6 site-local
-    ("169.254.169.254", "a cloud metadata address"),
-    ("fd00:ec2::254", "a cloud metadata address"),
-    ("100.100.100.200", "a cloud metadata address"),
-    ("169.254.1.1", "a link-local address"),
-    ("fe80::1", "a link-local address"),
-    ("224.0.0.1", "a multicast address"),
-    ("ff02::1", "a multicast address"),
-    ("0.0.0.0", "an unspecified address"),
-    ("0.1.2.3", "an unspecified address"),  # "this network", 0.0.0.0/8
-    ("::", "an unspecified address"),
-    ("127.0.0.1", "a loopback address"),
-    ("127.255.255.254", "a loopback address"),
-    ("::1", "a loopback address"),
-    ("::ffff:127.0.0.1", "a loopback address"),  # IPv4-mapped: judged by the IPv4 address
-    ("::ffff:10.0.0.1", "a private address"),
-    ("::ffff:169.254.169.254", "a cloud metadata address"),
-    ("64:ff9b::7f00:1", "a loopback address"),  # NAT64 of 127.0.0.1
-    ("64:ff9b::a9fe:a9fe", "a cloud metadata address"),  # NAT64 of 169.254.169.254
-    ("2002:a00:1::1", "a private address"),  # 6to4 of 10.0.0.1
-    ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "a special-purpose address"),  # Teredo
-    ("100.64.0.1", "a shared (carrier-grade NAT) address"),
-    ("240.0.0.1", "a reserved address"),
-    ("255.255.255.255", "a reserved address"),
-    ("192.0.2.1", "a special-purpose address"),  # documentation
-    ("2001:db8::1", "a special-purpose address"),
-])
+
+@pytest.mark.parametrize(
+    ("address", "kind"),
+    [
+        ("10.0.0.1", "a private address"),
+        ("172.16.5.4", "a private address"),
+        ("192.168.1.1", "a private address"),
+        ("fd12:3456::1", "a private address"),
+        ("fec0::1", "a private address"),  # deprecated IPv6 site-local
+        ("169.254.169.254", "a cloud metadata address"),
+        ("fd00:ec2::254", "a cloud metadata address"),
+        ("100.100.100.200", "a cloud metadata address"),
+        ("169.254.1.1", "a link-local address"),
+        ("fe80::1", "a link-local address"),
+        ("224.0.0.1", "a multicast address"),
+        ("ff02::1", "a multicast address"),
+        ("0.0.0.0", "an unspecified address"),
+        ("0.1.2.3", "an unspecified address"),  # "this network", 0.0.0.0/8
+        ("::", "an unspecified address"),
+        ("127.0.0.1", "a loopback address"),
+        ("127.255.255.254", "a loopback address"),
+        ("::1", "a loopback address"),
+        ("::ffff:127.0.0.1", "a loopback address"),  # IPv4-mapped: judged by the IPv4 address
+        ("::ffff:10.0.0.1", "a private address"),
+        ("::ffff:169.254.169.254", "a cloud metadata address"),
+        ("64:ff9b::7f00:1", "a loopback address"),  # NAT64 of 127.0.0.1
+        ("64:ff9b::a9fe:a9fe", "a cloud metadata address"),  # NAT64 of 169.254.169.254
+        ("2002:a00:1::1", "a private address"),  # 6to4 of 10.0.0.1
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "a special-purpose address"),  # Teredo
+        ("100.64.0.1", "a shared (carrier-grade NAT) address"),
+        ("240.0.0.1", "a reserved address"),
+        ("255.255.255.255", "a reserved address"),
+        ("192.0.2.1", "a special-purpose address"),  # documentation
+        ("2001:db8::1", "a special-purpose address"),
+    ],
+)
 def test_classify_names_each_kind_of_non_public_address(address, kind):
     assert classify(ipaddress.ip_address(address)) == kind
 
 
-@pytest.mark.parametrize("address", ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "::ffff:8.8.8.8", "64:ff9b::808:808", "2002:808:808::1"])
+@pytest.mark.parametrize(
+    "address", ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "::ffff:8.8.8.8", "64:ff9b::808:808", "2002:808:808::1"]
+)
 def test_classify_passes_public_addresses(address):
     assert classify(ipaddress.ip_address(address)) is None
 
 
 # Tried: a numeric URL for each kind of address, with no network allowed. Got: the sentence
 # beside it, before any connection (the autouse guard would also fail the test had one been tried).
-@pytest.mark.parametrize(("url", "sentence"), [
-    ("http://10.0.0.1/x.jpg", f"The URL's host 10.0.0.1 is a private address, {NOT_ALLOWED}"),
-    ("http://172.16.5.4/x.jpg", f"The URL's host 172.16.5.4 is a private address, {NOT_ALLOWED}"),
-    ("http://192.168.1.1:8080/x.jpg", f"The URL's host 192.168.1.1 is a private address, {NOT_ALLOWED}"),
-    ("http://169.254.169.254/latest/meta-data/", "The URL's host 169.254.169.254 is a cloud metadata address, which is never allowed."),
-    ("http://[fd00:ec2::254]/latest/meta-data/", "The URL's host fd00:ec2::254 is a cloud metadata address, which is never allowed."),
-    ("http://100.100.100.200/latest/meta-data/", "The URL's host 100.100.100.200 is a cloud metadata address, which is never allowed."),
-    ("http://[fe80::1]/x.jpg", f"The URL's host fe80::1 is a link-local address, {NOT_ALLOWED}"),
-    ("http://[ff02::1]/x.jpg", f"The URL's host ff02::1 is a multicast address, {NOT_ALLOWED}"),
-    ("http://0.0.0.0/x.jpg", f"The URL's host 0.0.0.0 is an unspecified address, {NOT_ALLOWED}"),
-    ("http://[::]/x.jpg", f"The URL's host :: is an unspecified address, {NOT_ALLOWED}"),
-    ("http://127.0.0.1/x.jpg", f"The URL's host 127.0.0.1 is a loopback address, {NOT_ALLOWED}"),
-    ("http://[::1]/x.jpg", f"The URL's host ::1 is a loopback address, {NOT_ALLOWED}"),
-    ("http://[::ffff:127.0.0.1]/x.jpg", f"The URL's host ::ffff:127.0.0.1 is a loopback address, {NOT_ALLOWED}"),
-    ("http://[::ffff:10.0.0.1]/x.jpg", f"The URL's host ::ffff:10.0.0.1 is a private address, {NOT_ALLOWED}"),
-    ("http://100.64.0.1/x.jpg", f"The URL's host 100.64.0.1 is a shared (carrier-grade NAT) address, {NOT_ALLOWED}"),
-    ("http://[64:ff9b::7f00:1]/x.jpg", f"The URL's host 64:ff9b::7f00:1 is a loopback address, {NOT_ALLOWED}"),
-    # Numeric forms getaddrinfo turns into 127.0.0.1: caught after resolution.
-    ("http://2130706433/x.jpg", f"The URL's host 2130706433 resolves to 127.0.0.1, a loopback address, {NOT_ALLOWED}"),
-    ("http://0x7f000001/x.jpg", f"The URL's host 0x7f000001 resolves to 127.0.0.1, a loopback address, {NOT_ALLOWED}"),
-    ("http://127.1/x.jpg", f"The URL's host 127.1 resolves to 127.0.0.1, a loopback address, {NOT_ALLOWED}"),
-    ("http://017700000001/x.jpg", f"The URL's host 017700000001 resolves to 127.0.0.1, a loopback address, {NOT_ALLOWED}"),
-])
+@pytest.mark.parametrize(
+    ("url", "sentence"),
+    [
+        ("http://10.0.0.1/x.jpg", f"The URL's host 10.0.0.1 is a private address, {NOT_ALLOWED}"),
+        ("http://172.16.5.4/x.jpg", f"The URL's host 172.16.5.4 is a private address, {NOT_ALLOWED}"),
+        ("http://192.168.1.1:8080/x.jpg", f"The URL's host 192.168.1.1 is a private address, {NOT_ALLOWED}"),
+        (
+            "http://169.254.169.254/latest/meta-data/",
+            "The URL's host 169.254.169.254 is a cloud metadata address, which is never allowed.",
+        ),
+        (
+            "http://[fd00:ec2::254]/latest/meta-data/",
+            "The URL's host fd00:ec2::254 is a cloud metadata address, which is never allowed.",
+        ),
+        (
+            "http://100.100.100.200/latest/meta-data/",
+            "The URL's host 100.100.100.200 is a cloud metadata address, which is never allowed.",
+        ),
+        ("http://[fe80::1]/x.jpg", f"The URL's host fe80::1 is a link-local address, {NOT_ALLOWED}"),
+        ("http://[ff02::1]/x.jpg", f"The URL's host ff02::1 is a multicast address, {NOT_ALLOWED}"),
+        ("http://0.0.0.0/x.jpg", f"The URL's host 0.0.0.0 is an unspecified address, {NOT_ALLOWED}"),
+        ("http://[::]/x.jpg", f"The URL's host :: is an unspecified address, {NOT_ALLOWED}"),
+        ("http://127.0.0.1/x.jpg", f"The URL's host 127.0.0.1 is a loopback address, {NOT_ALLOWED}"),
+        ("http://[::1]/x.jpg", f"The URL's host ::1 is a loopback address, {NOT_ALLOWED}"),
+        ("http://[::ffff:127.0.0.1]/x.jpg", f"The URL's host ::ffff:127.0.0.1 is a loopback address, {NOT_ALLOWED}"),
+        ("http://[::ffff:10.0.0.1]/x.jpg", f"The URL's host ::ffff:10.0.0.1 is a private address, {NOT_ALLOWED}"),
+        (
+            "http://100.64.0.1/x.jpg",
+            f"The URL's host 100.64.0.1 is a shared (carrier-grade NAT) address, {NOT_ALLOWED}",
+        ),
+        ("http://[64:ff9b::7f00:1]/x.jpg", f"The URL's host 64:ff9b::7f00:1 is a loopback address, {NOT_ALLOWED}"),
+        # Numeric forms getaddrinfo turns into 127.0.0.1: caught after resolution.
+        (
+            "http://2130706433/x.jpg",
+            f"The URL's host 2130706433 resolves to 127.0.0.1, a loopback address, {NOT_ALLOWED}",
+        ),
+        (
+            "http://0x7f000001/x.jpg",
+            f"The URL's host 0x7f000001 resolves to 127.0.0.1, a loopback address, {NOT_ALLOWED}",
+        ),
+        ("http://127.1/x.jpg", f"The URL's host 127.1 resolves to 127.0.0.1, a loopback address, {NOT_ALLOWED}"),
+        (
+            "http://017700000001/x.jpg",
+            f"The URL's host 017700000001 resolves to 127.0.0.1, a loopback address, {NOT_ALLOWED}",
+        ),
+    ],
+)
 def test_non_public_addresses_are_refused_before_connecting(tmp_path, connections, url, sentence):
     assert refusal(download, url, tmp_path, max_bytes=MB) == sentence
     assert connections == []
@@ -270,7 +314,10 @@ def test_refusal_shows_the_ipv4_address_a_name_carries(tmp_path, lookups, connec
     # Tried: a name resolving to NAT64 64:ff9b::a00:1. Got: refused, naming the 10.0.0.1 inside it.
     lookups.answers["nat64.test"] = [["64:ff9b::a00:1"]]
     message = refusal(download, "http://nat64.test/x.jpg", tmp_path, max_bytes=MB)
-    assert message == f"The URL's host nat64.test resolves to 64:ff9b::a00:1 (carrying 10.0.0.1), a private address, {NOT_ALLOWED}"
+    assert (
+        message
+        == f"The URL's host nat64.test resolves to 64:ff9b::a00:1 (carrying 10.0.0.1), a private address, {NOT_ALLOWED}"
+    )
     assert connections == []
 
 
@@ -284,7 +331,9 @@ def test_local_server_is_refused_unless_allowed(any_server, tmp_path, connection
 def test_metadata_is_refused_even_inside_the_allowed_networks(tmp_path, connections):
     # Tried: 169.254.169.254 with every address allowed. Got: still refused.
     everything = parse_networks("0.0.0.0/0,::/0")
-    message = refusal(download, "http://169.254.169.254/latest/meta-data/", tmp_path, max_bytes=MB, allowed_networks=everything)
+    message = refusal(
+        download, "http://169.254.169.254/latest/meta-data/", tmp_path, max_bytes=MB, allowed_networks=everything
+    )
     assert message == "The URL's host 169.254.169.254 is a cloud metadata address, which is never allowed."
     assert connections == []
 
@@ -294,29 +343,39 @@ def test_allowed_networks_cover_ipv4_mapped_addresses(server, tmp_path, lookups,
     if not ipv6_loopback_works():
         pytest.skip("IPv6 sockets are not available here")
     lookups.answers["mapped.test"] = [["::ffff:127.0.0.1"]]
-    path = fetch(server.url("/img/castle.jpg", host="mapped.test"), tmp_path, allowed_networks=parse_networks("127.0.0.0/8"))
+    path = fetch(
+        server.url("/img/castle.jpg", host="mapped.test"), tmp_path, allowed_networks=parse_networks("127.0.0.0/8")
+    )
     assert path.read_bytes() == JPEG
     assert connections == [("::ffff:127.0.0.1", server.port)]
 
 
 # --- redirects -------------------------------------------------------------------------------
 
+
 def test_redirect_to_metadata_is_refused_before_connecting(server, tmp_path, connections):
-    # Tried: an allowed server redirecting to http://169.254.169.254/latest/meta-data/. Got: refused; only the first hop connected.
+    # Tried: an allowed server redirecting to http://169.254.169.254/latest/meta-data/.
+    # Got: refused; only the first hop connected.
     message = refusal(fetch, server.url("/redirect?http://169.254.169.254/latest/meta-data/"), tmp_path)
     assert message == (
-        "The server at 127.0.0.1 redirected to another URL, and the URL's host 169.254.169.254 is a cloud metadata address, "
+        "The server at 127.0.0.1 redirected to another URL, "
+        "and the URL's host 169.254.169.254 is a cloud metadata address, "
         "which is never allowed."
     )
     assert connections == [("127.0.0.1", server.port)]
 
 
-def test_redirect_to_ipv4_loopback_is_refused_when_only_ipv6_loopback_is_allowed(server4, server6, tmp_path, connections):
+def test_redirect_to_ipv4_loopback_is_refused_when_only_ipv6_loopback_is_allowed(
+    server4, server6, tmp_path, connections
+):
     # Tried: [::1] (allowed) redirecting to http://127.0.0.1:<port>/ (not allowed). Got: refused; only [::1] connected.
     server4.requests.clear()
     url = server6.url(f"/redirect?http://127.0.0.1:{server4.port}/img/castle.jpg")
     message = refusal(download, url, tmp_path, max_bytes=MB, allowed_networks=parse_networks("::1/128"))
-    assert message == f"The server at ::1 redirected to another URL, and the URL's host 127.0.0.1 is a loopback address, {NOT_ALLOWED}"
+    assert message == (
+        "The server at ::1 redirected to another URL, "
+        f"and the URL's host 127.0.0.1 is a loopback address, {NOT_ALLOWED}"
+    )
     assert connections == [("::1", server6.port)] and server4.requests == []
 
 
@@ -324,7 +383,10 @@ def test_redirect_to_another_loopback_address_is_refused(server, tmp_path, conne
     # Tried: 127.0.0.1 (allowed alone) redirecting to http://127.0.0.2:<port>/. Got: refused; 127.0.0.2 never connected.
     url = server.url(f"/redirect?http://127.0.0.2:{server.port}/img/castle.jpg")
     message = refusal(fetch, url, tmp_path, allowed_networks=parse_networks("127.0.0.1/32"))
-    assert message == f"The server at 127.0.0.1 redirected to another URL, and the URL's host 127.0.0.2 is a loopback address, {NOT_ALLOWED}"
+    assert message == (
+        "The server at 127.0.0.1 redirected to another URL, "
+        f"and the URL's host 127.0.0.2 is a loopback address, {NOT_ALLOWED}"
+    )
     assert connections == [("127.0.0.1", server.port)]
 
 
@@ -349,40 +411,64 @@ def test_no_redirects_allowed(server, tmp_path):
 
 # --- URL syntax ------------------------------------------------------------------------------
 
+
 # Tried: each malformed or forbidden URL. Got: the sentence beside it, from validate_url and
 # from download() alike, with no lookup and no connection.
-@pytest.mark.parametrize(("url", "sentence"), [
-    ("ftp://127.0.0.1/x.jpg", "Only http and https URLs are allowed."),
-    ("file:///etc/passwd", "Only http and https URLs are allowed."),
-    ("javascript:alert(1)", "Only http and https URLs are allowed."),
-    ("//127.0.0.1/x.jpg", "Only http and https URLs are allowed."),
-    ("http://user:secret@127.0.0.1/x.jpg", "The URL contains a user name or password (user:pass@host), which is not allowed."),
-    ("http://user@127.0.0.1/x.jpg", "The URL contains a user name or password (user:pass@host), which is not allowed."),
-    ("http://good.test\\@127.0.0.1/x.jpg", "The URL contains a user name or password (user:pass@host), which is not allowed."),
-    ("http:///x.jpg", "The URL has no host."),
-    ("http://127.0.0.1:99999/x.jpg", "The URL is malformed: Port out of range 0-65535."),
-    ("http://[::1/x.jpg", "The URL is malformed: Invalid IPv6 URL."),
-    ("http://a..b/x.jpg", "The URL's host is not a valid host name."),
-    ("http://127.0.0.1/a b.jpg", "The URL contains spaces or control characters; percent-encode them."),
-    ("http://127.0.0.1/a.jpg\r\nX-Injected: 1", "The URL contains spaces or control characters; percent-encode them."),
-    ("http://127.0.0.1/" + "a" * 2040, "The URL is longer than 2,048 characters."),
-])
+@pytest.mark.parametrize(
+    ("url", "sentence"),
+    [
+        ("ftp://127.0.0.1/x.jpg", "Only http and https URLs are allowed."),
+        ("file:///etc/passwd", "Only http and https URLs are allowed."),
+        ("javascript:alert(1)", "Only http and https URLs are allowed."),
+        ("//127.0.0.1/x.jpg", "Only http and https URLs are allowed."),
+        (
+            "http://user:secret@127.0.0.1/x.jpg",
+            "The URL contains a user name or password (user:pass@host), which is not allowed.",
+        ),
+        (
+            "http://user@127.0.0.1/x.jpg",
+            "The URL contains a user name or password (user:pass@host), which is not allowed.",
+        ),
+        (
+            "http://good.test\\@127.0.0.1/x.jpg",
+            "The URL contains a user name or password (user:pass@host), which is not allowed.",
+        ),
+        ("http:///x.jpg", "The URL has no host."),
+        ("http://127.0.0.1:99999/x.jpg", "The URL is malformed: Port out of range 0-65535."),
+        ("http://[::1/x.jpg", "The URL is malformed: Invalid IPv6 URL."),
+        ("http://a..b/x.jpg", "The URL's host is not a valid host name."),
+        ("http://127.0.0.1/a b.jpg", "The URL contains spaces or control characters; percent-encode them."),
+        (
+            "http://127.0.0.1/a.jpg\r\nX-Injected: 1",
+            "The URL contains spaces or control characters; percent-encode them.",
+        ),
+        ("http://127.0.0.1/" + "a" * 2040, "The URL is longer than 2,048 characters."),
+    ],
+)
 def test_bad_urls_are_refused_without_lookup_or_connection(tmp_path, lookups, connections, url, sentence):
     assert refusal(validate_url, url) == sentence
     assert refusal(download, url, tmp_path, max_bytes=MB, allowed_networks=LOCAL) == sentence
     assert lookups.names == [] and connections == []
 
 
-@pytest.mark.parametrize("url", [
-    "http://127.0.0.1/x.jpg", "https://images.example.test:8443/a/b.png?x=1", "HTTP://Example.TEST/x",
-    "http://[::1]:8080/x.jpg", "https://bücher.example/ü.jpg", "http://127.0.0.1/" + "a" * 2031,
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1/x.jpg",
+        "https://images.example.test:8443/a/b.png?x=1",
+        "HTTP://Example.TEST/x",
+        "http://[::1]:8080/x.jpg",
+        "https://bücher.example/ü.jpg",
+        "http://127.0.0.1/" + "a" * 2031,
+    ],
+)
 def test_validate_url_returns_good_urls_unchanged(url, lookups):
     assert validate_url(url) == url
     assert lookups.names == []  # no DNS in validate_url
 
 
 # --- limits ----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("route", ["img", "chunked"])
 def test_max_bytes_exactly_the_size_passes(server, tmp_path, route):
@@ -392,14 +478,19 @@ def test_max_bytes_exactly_the_size_passes(server, tmp_path, route):
 def test_max_bytes_one_short_refused_from_content_length(server, tmp_path):
     # Tried: a JPEG whose honest Content-Length is one byte over max_bytes. Got: refused before reading the body.
     message = refusal(fetch, server.url("/img/castle.jpg"), tmp_path, max_bytes=len(JPEG) - 1)
-    assert message == f"The download from 127.0.0.1 is {len(JPEG):,} bytes, more than the limit of {len(JPEG) - 1:,} bytes (MAX_DOWNLOAD_MB)."
+    assert message == (
+        f"The download from 127.0.0.1 is {len(JPEG):,} bytes, "
+        f"more than the limit of {len(JPEG) - 1:,} bytes (MAX_DOWNLOAD_MB)."
+    )
     assert files_in(tmp_path) == []
 
 
 def test_max_bytes_one_short_refused_while_streaming(server, tmp_path):
     # Tried: the same JPEG chunked (no Content-Length), one byte over. Got: refused once the count passed the limit.
     message = refusal(fetch, server.url("/chunked/castle.jpg"), tmp_path, max_bytes=len(JPEG) - 1)
-    assert message == f"The download from 127.0.0.1 is larger than the limit of {len(JPEG) - 1:,} bytes (MAX_DOWNLOAD_MB)."
+    assert (
+        message == f"The download from 127.0.0.1 is larger than the limit of {len(JPEG) - 1:,} bytes (MAX_DOWNLOAD_MB)."
+    )
     assert files_in(tmp_path) == []
 
 
@@ -473,26 +564,36 @@ def test_connection_refused(tmp_path):
 
 def test_body_cut_short(server, tmp_path):
     # Tried: a server promising 100,000 bytes that hangs up after 10. Got: refused, no file.
-    assert refusal(fetch, server.url("/short"), tmp_path) == "The connection to 127.0.0.1 broke off before the download finished."
+    assert (
+        refusal(fetch, server.url("/short"), tmp_path)
+        == "The connection to 127.0.0.1 broke off before the download finished."
+    )
     assert files_in(tmp_path) == []
 
 
 # --- answers that are not an image -----------------------------------------------------------
 
+
 def test_not_found(server, tmp_path):
     # Tried: a path the server does not have. Got: the status with its standard phrase.
-    assert refusal(fetch, server.url("/nothing/here.jpg"), tmp_path) == "The server at 127.0.0.1 answered 404 Not Found."
+    assert (
+        refusal(fetch, server.url("/nothing/here.jpg"), tmp_path) == "The server at 127.0.0.1 answered 404 Not Found."
+    )
     assert files_in(tmp_path) == []
 
 
 def test_text_is_not_an_image_and_leaves_no_file(server, tmp_path):
     # Tried: a text file. Got: Image.read_size's sentence, and the folder is empty again.
     message = refusal(fetch, server.url("/notes.txt"), tmp_path)
-    assert message == "The URL's content is not an image: the file is not an image Pillow can read (JPEG, PNG, WebP, GIF, BMP or TIFF)."
+    assert message == (
+        "The URL's content is not an image: "
+        "the file is not an image Pillow can read (JPEG, PNG, WebP, GIF, BMP or TIFF)."
+    )
     assert files_in(tmp_path) == []
 
 
 # --- https: the certificate is checked for the host name, the connection goes to the pinned address
+
 
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory):
@@ -521,8 +622,12 @@ def make_certificates(folder: Path, name: str) -> tuple[Path, Path, Path]:
 
     def certificate(subject, issuer, public_key, signing_key, is_ca, extensions=()):
         builder = (
-            x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(public_key)
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(issuer)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
             .not_valid_after(now + datetime.timedelta(days=1))
             .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
         )
@@ -532,15 +637,29 @@ def make_certificates(folder: Path, name: str) -> tuple[Path, Path, Path]:
 
     ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "TestDownloads CA")])
-    ca = certificate(ca_name, ca_name, ca_key.public_key(), ca_key, True, [
-        x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-        x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
-    ])
-    leaf = certificate(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]), ca_name, key.public_key(), ca_key, False, [
-        x509.SubjectAlternativeName([x509.DNSName(name)]),
-        x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]),
-        x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-    ])
+    ca = certificate(
+        ca_name,
+        ca_name,
+        ca_key.public_key(),
+        ca_key,
+        True,
+        [
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
+        ],
+    )
+    leaf = certificate(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]),
+        ca_name,
+        key.public_key(),
+        ca_key,
+        False,
+        [
+            x509.SubjectAlternativeName([x509.DNSName(name)]),
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]),
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+        ],
+    )
     pem = serialization.Encoding.PEM
     paths = folder / "ca.pem", folder / "cert.pem", folder / "key.pem"
     paths[0].write_bytes(ca.public_bytes(pem))
@@ -566,7 +685,10 @@ def test_https_certificate_for_another_name_is_refused(tls, tmp_path, lookups, m
     monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
     lookups.answers["other.test"] = [["127.0.0.1"]]
     message = refusal(fetch, server.url("/img/castle.jpg", host="other.test"), tmp_path)
-    assert message == "The TLS connection to other.test failed (Hostname mismatch, certificate is not valid for 'other.test')."
+    assert (
+        message
+        == "The TLS connection to other.test failed (Hostname mismatch, certificate is not valid for 'other.test')."
+    )
 
 
 def test_https_untrusted_certificate_is_refused(tls, tmp_path, lookups):
@@ -579,10 +701,13 @@ def test_https_untrusted_certificate_is_refused(tls, tmp_path, lookups):
 
 # --- settings --------------------------------------------------------------------------------
 
+
 def test_parse_networks():
     assert parse_networks(None) == parse_networks("") == parse_networks(" , ") == ()
     assert parse_networks("127.0.0.0/8, ::1/128,10.1.2.3") == (
-        ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"), ipaddress.ip_network("10.1.2.3/32"),
+        ipaddress.ip_network("127.0.0.0/8"),
+        ipaddress.ip_network("::1/128"),
+        ipaddress.ip_network("10.1.2.3/32"),
     )
 
 

@@ -1,4 +1,5 @@
 """`python run.py` as a user runs it: its own embedded Redis, real workers, gunicorn, HTTP, and Ctrl+C."""
+
 import os
 import socket
 import subprocess
@@ -15,7 +16,9 @@ from tests.support import ROOT, RunningService, copy_sample
 
 @pytest.fixture
 def service(tmp_path):
-    running = RunningService(tmp_path, "--port", str(free_port()), "--workers", "2", "--no-classifier", env={"RESULT_TTL": "3"})
+    running = RunningService(
+        tmp_path, "--port", str(free_port()), "--workers", "2", "--no-classifier", env={"RESULT_TTL": "3"}
+    )
     yield running
     if running.process.poll() is None:
         running.interrupt()
@@ -87,15 +90,27 @@ def test_run_py_refuses_a_missing_images_folder(tmp_path):
 def test_run_py_refuses_an_unreachable_redis(tmp_path):
     (tmp_path / "images").mkdir()
     environment = {**os.environ, "REDIS_URL": "redis://:secret@127.0.0.1:9/0", "IMAGES_DIR": str(tmp_path / "images")}
-    failed = subprocess.run([sys.executable, str(ROOT / "run.py")], cwd=tmp_path, env=environment,
-                            capture_output=True, text=True, timeout=30)
+    failed = subprocess.run(
+        [sys.executable, str(ROOT / "run.py")],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert failed.returncode != 0
-    assert "unreachable" in failed.stderr and "secret" not in failed.stderr and len(failed.stderr.strip().splitlines()) == 1
+    assert (
+        "unreachable" in failed.stderr
+        and "secret" not in failed.stderr
+        and len(failed.stderr.strip().splitlines()) == 1
+    )
 
 
 def test_run_py_dashboard_serves_rq_dashboard_on_loopback(tmp_path):
     port = free_port()
-    running = RunningService(tmp_path, "--port", str(free_port()), "--workers", "1", "--no-classifier", "--dashboard", str(port))
+    running = RunningService(
+        tmp_path, "--port", str(free_port()), "--workers", "1", "--no-classifier", "--dashboard", str(port)
+    )
     try:
         running.url()
         deadline = time.monotonic() + 20

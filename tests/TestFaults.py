@@ -2,6 +2,7 @@
 many API processes and workers process each image once, shutdowns are graceful, timeouts are reported.
 
 Each test runs `python run.py` against a Redis the test owns (AOF on), so it can stop and start it."""
+
 import re
 import secrets
 import signal
@@ -48,8 +49,9 @@ def redis_server(tmp_path):
 
 
 def start_service(tmp_path, redis_server, *args, **env) -> tuple[RunningService, str]:
-    service = RunningService(tmp_path, "--no-classifier", "--port", str(free_port()), *args,
-                             env={"REDIS_URL": redis_server.url, **env})
+    service = RunningService(
+        tmp_path, "--no-classifier", "--port", str(free_port()), *args, env={"REDIS_URL": redis_server.url, **env}
+    )
     return service, service.url()
 
 
@@ -110,12 +112,16 @@ def slow_batch(tmp_path, redis_server, stop_afterwards, name: str, count: int, w
 
 def assert_every_image_once(done: dict, folder: str, count: int):
     entries = done["result"]["images"]
-    assert done["status"] == "finished" and (done["result"]["done"], done["result"]["failed"]) == (count, 0), done["result"]
+    assert done["status"] == "finished" and (done["result"]["done"], done["result"]["failed"]) == (count, 0), done[
+        "result"
+    ]
     assert sorted(entry["image"] for entry in entries) == [f"{folder}/p{index:02d}.jpg" for index in range(count)]
 
 
 def test_a_worker_killed_mid_batch_loses_nothing(tmp_path, redis_server, stop_afterwards):
-    service, url, folder, job_id = slow_batch(tmp_path, redis_server, stop_afterwards, "killed", 8, workers="2", chunk="2")
+    service, url, folder, job_id = slow_batch(
+        tmp_path, redis_server, stop_afterwards, "killed", 8, workers="2", chunk="2"
+    )
     victim = workers_of(service)[0]
     victim.send_signal(signal.SIGKILL)  # mid-chunk: its job is abandoned, found by the heartbeat, retried
     done = result(url, job_id, within=180)
@@ -127,7 +133,9 @@ def test_a_worker_killed_mid_batch_loses_nothing(tmp_path, redis_server, stop_af
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_redis_restarted_mid_batch_loses_nothing(tmp_path, redis_server, stop_afterwards, sig):
-    service, url, folder, job_id = slow_batch(tmp_path, redis_server, stop_afterwards, "restart", 8, workers="2", chunk="2")
+    service, url, folder, job_id = slow_batch(
+        tmp_path, redis_server, stop_afterwards, "restart", 8, workers="2", chunk="2"
+    )
     time.sleep(1.2)  # AOF fsyncs every second
     redis_server.stop(sig)
     down = [requests.get(url + path, timeout=15) for path in ("health", f"result/{job_id}")]
@@ -145,7 +153,14 @@ def test_many_api_processes_and_workers_process_each_image_once(tmp_path, redis_
     stop_afterwards(service)
     folders = [photo_folder(service.images, f"many{n}", 12) for n in range(4)]
     with ThreadPoolExecutor(8) as pool:
-        ids = list(pool.map(lambda f: requests.post(url + "imageapi", data={"imagePath": f, "action": "size"}, timeout=10).json()["jobId"], folders))
+        ids = list(
+            pool.map(
+                lambda f: requests.post(url + "imageapi", data={"imagePath": f, "action": "size"}, timeout=10).json()[
+                    "jobId"
+                ],
+                folders,
+            )
+        )
         answers = list(pool.map(lambda job_id: result(url, job_id, within=60), ids))
     for folder, done in zip(folders, answers):
         assert_every_image_once(done, folder, 12)
@@ -158,7 +173,9 @@ def test_many_api_processes_and_workers_process_each_image_once(tmp_path, redis_
 
 
 def test_sigterm_lets_a_worker_finish_its_job(tmp_path, redis_server, stop_afterwards):
-    service, url, folder, job_id = slow_batch(tmp_path, redis_server, stop_afterwards, "graceful", 4, workers="1", chunk="4")
+    service, url, folder, job_id = slow_batch(
+        tmp_path, redis_server, stop_afterwards, "graceful", 4, workers="1", chunk="4"
+    )
     worker = workers_of(service)[0]
     worker.send_signal(signal.SIGTERM)
     worker.wait(60)  # it stops only after the chunk it holds
@@ -174,7 +191,11 @@ def test_sigterm_lets_the_api_answer_requests_in_flight(tmp_path, redis_server, 
     stop_afterwards(service)
     copy_sample("castle_image.jpg", service.images / "a.jpg")
     job_id = requests.post(url + "imageapi", data={"imagePath": "a.jpg", **SLOW}, timeout=10).json()["jobId"]
-    api = next(child for child in service.descendants() if "gunicorn" in " ".join(child.cmdline()) and child.parent().pid == service.process.pid)
+    api = next(
+        child
+        for child in service.descendants()
+        if "gunicorn" in " ".join(child.cmdline()) and child.parent().pid == service.process.pid
+    )
     with ThreadPoolExecutor(1) as pool:
         waiting = pool.submit(requests.get, f"{url}result/{job_id}", params={"wait": 15}, timeout=30)
         time.sleep(0.5)
@@ -187,8 +208,11 @@ def test_a_job_over_its_time_limit_fails_with_the_limit_named(tmp_path, redis_se
     service, url = start_service(tmp_path, redis_server, "--workers", "1", JOB_TIMEOUT="1", JOB_RETRIES="0")
     stop_afterwards(service)
     copy_sample("castle_image.jpg", service.images / "a.jpg")
-    slow = requests.post(url + "imageapi", data={"imagePath": "a.jpg", "width": "4096", "height": "4096",
-                                                 "fit": "stretch", "format": "png"}, timeout=10).json()["jobId"]
+    slow = requests.post(
+        url + "imageapi",
+        data={"imagePath": "a.jpg", "width": "4096", "height": "4096", "fit": "stretch", "format": "png"},
+        timeout=10,
+    ).json()["jobId"]
     failed = result(url, slow, within=60)
     assert failed["status"] == "failed" and "limit of 1 seconds (JOB_TIMEOUT)" in failed["error"]
     quick = requests.get(url + "imageapi", params={"imagePath": "a.jpg"}, timeout=10).json()["jobId"]

@@ -1,6 +1,7 @@
 """schemathesis against the live service, started as run.py starts it: every route and method, with
 stateful links from a jobId to /result, and every check (all are on by default) but the one schemathesis.toml
 turns off. It must find nothing."""
+
 import shutil
 import subprocess
 
@@ -15,10 +16,26 @@ def test_schemathesis_finds_nothing(tmp_path):
     try:
         url = service.url()
         run = subprocess.run(
-            [shutil.which("schemathesis"), "--config-file", str(ROOT / "schemathesis.toml"), "run", f"{url}openapi.json",
-             "--max-examples", "40", "--workers", "1", "--seed", "20261123", "--generation-deterministic",
-             "--no-color"],
-            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+            [
+                shutil.which("schemathesis"),
+                "--config-file",
+                str(ROOT / "schemathesis.toml"),
+                "run",
+                f"{url}openapi.json",
+                "--max-examples",
+                "40",
+                "--workers",
+                "1",
+                "--seed",
+                "20261123",
+                "--generation-deterministic",
+                "--no-color",
+            ],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     finally:
         service.interrupt()
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]

@@ -1,4 +1,5 @@
 """imageUrl through the whole service: the API checks the syntax, a worker downloads each URL safely."""
+
 import pytest
 
 from RedisConfig import queue
@@ -18,10 +19,21 @@ def test_one_url_is_downloaded_and_thumbnailed(client, server, images_root):
 
 @pytest.mark.parametrize("how", ["json", "form"])
 def test_several_urls_make_one_batch_with_per_url_errors(client, server, how):
-    urls = [server.url("/img/a.jpg"), server.url("/missing/b.jpg"), server.url("/notes.txt"),
-            "http://10.0.0.1/private.jpg", "http://169.254.169.254/latest/meta-data/"]
+    urls = [
+        server.url("/img/a.jpg"),
+        server.url("/missing/b.jpg"),
+        server.url("/notes.txt"),
+        "http://10.0.0.1/private.jpg",
+        "http://169.254.169.254/latest/meta-data/",
+    ]
     values = {"action": "size", "imageUrl": urls}
-    body = submit(client, "POST", **({"json": values} if how == "json" else {"data": {"action": "size", "imageUrl": str(urls).replace("'", '"')}}))
+    body = submit(
+        client,
+        "POST",
+        **(
+            {"json": values} if how == "json" else {"data": {"action": "size", "imageUrl": str(urls).replace("'", '"')}}
+        ),
+    )
     entries = result_of(client, body["jobId"])["result"]["images"]
     assert [entry["image"] for entry in entries] == urls
     assert entries[0]["result"]["format"] == "JPEG"
@@ -32,13 +44,16 @@ def test_several_urls_make_one_batch_with_per_url_errors(client, server, how):
     assert not any(path.startswith(("/private", "/latest")) for path, _ in server.requests)
 
 
-@pytest.mark.parametrize("values, message", [
-    ({"imageUrl": "ftp://example.test/a.jpg"}, "Only http and https URLs are allowed."),
-    ({"imageUrl": "http://user:secret@example.test/a.jpg"}, "user name or password"),
-    ({"imageUrl": '["http://a.test/1.jpg", '}, "not valid JSON"),
-    ({"imageUrl": "http://a.test/x.jpg", "imagePath": "x.jpg"}, "one way"),
-    ({"imageUrl": str([f"http://a.test/{n}.jpg" for n in range(101)]).replace("'", '"')}, "MAX_URLS"),
-])
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"imageUrl": "ftp://example.test/a.jpg"}, "Only http and https URLs are allowed."),
+        ({"imageUrl": "http://user:secret@example.test/a.jpg"}, "user name or password"),
+        ({"imageUrl": '["http://a.test/1.jpg", '}, "not valid JSON"),
+        ({"imageUrl": "http://a.test/x.jpg", "imagePath": "x.jpg"}, "one way"),
+        ({"imageUrl": str([f"http://a.test/{n}.jpg" for n in range(101)]).replace("'", '"')}, "MAX_URLS"),
+    ],
+)
 def test_bad_urls_are_refused_before_anything_is_queued(client, values, message):
     before = queue("images").count
     answer = client.post("/imageapi", data=values)

@@ -1,4 +1,5 @@
 """log.py: one line per event, with its fields, and user input that cannot forge a line."""
+
 import logging
 import os
 import socket
@@ -8,14 +9,17 @@ import pytest
 import log
 
 
-@pytest.mark.parametrize("hostile, shown", [
-    ("a\nfake line", "a\\x0afake line"),
-    ("a\r\nb", "a\\x0d\\x0ab"),
-    ('quote " closes', 'quote \\" closes'),
-    ("back\\slash", "back\\\\slash"),
-    ("line\u2028sep", "line\\u2028sep"),
-    ("unicode café 東京", "unicode café 東京"),
-])
+@pytest.mark.parametrize(
+    "hostile, shown",
+    [
+        ("a\nfake line", "a\\x0afake line"),
+        ("a\r\nb", "a\\x0d\\x0ab"),
+        ('quote " closes', 'quote \\" closes'),
+        ("back\\slash", "back\\\\slash"),
+        ("line\u2028sep", "line\\u2028sep"),
+        ("unicode café 東京", "unicode café 東京"),
+    ],
+)
 def test_user_input_cannot_forge_a_line(hostile, shown):
     assert log.escape(hostile) == shown
 

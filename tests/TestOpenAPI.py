@@ -1,4 +1,5 @@
 """The OpenAPI document describes every route the app has, and is itself valid OpenAPI 3.1."""
+
 import re
 
 from openapi_spec_validator import validate
@@ -11,8 +12,11 @@ def test_the_document_is_valid_openapi(client):
 def test_the_document_describes_exactly_the_apps_routes(app, client):
     document = client.get("/openapi.json").get_json()
     documented = {(path, method.upper()) for path, item in document["paths"].items() for method in item}
-    served = {(re.sub(r"<(?:path:)?(\w+)>", lambda m: "{" + {"job_id": "jobId"}.get(m[1], m[1]) + "}", rule.rule), method)
-              for rule in app.url_map.iter_rules() for method in rule.methods - {"HEAD", "OPTIONS"}}
+    served = {
+        (re.sub(r"<(?:path:)?(\w+)>", lambda m: "{" + {"job_id": "jobId"}.get(m[1], m[1]) + "}", rule.rule), method)
+        for rule in app.url_map.iter_rules()
+        for method in rule.methods - {"HEAD", "OPTIONS"}
+    }
     assert documented == served
 
 

@@ -1,4 +1,5 @@
 """The plot action: charts drawn by a worker, kept in Redis with the job, downloaded as PNG files."""
+
 import dataclasses
 import io
 
@@ -25,8 +26,11 @@ def downloaded_png(client, job_id: str) -> PILImage.Image:
 
 def test_histogram_of_one_image_is_a_png_download(client, folder, images_root):
     copy_sample("castle_image.jpg", folder / "castle.jpg")
-    body = submit(client, "POST", query_string={"action": "plot", "kind": "histogram",
-                                                "imagePath": rel(folder / "castle.jpg", images_root)})
+    body = submit(
+        client,
+        "POST",
+        query_string={"action": "plot", "kind": "histogram", "imagePath": rel(folder / "castle.jpg", images_root)},
+    )
     done = result_of(client, body["jobId"])
     assert done["status"] == "finished" and done["result"] == {"plot": f"/result/file?jobId={body['jobId']}"}
     image = downloaded_png(client, body["jobId"])
@@ -39,8 +43,12 @@ def test_histogram_of_one_image_is_a_png_download(client, folder, images_root):
 def test_histogram_of_a_grayscale_upload(client):
     buffer = io.BytesIO()
     PILImage.linear_gradient("L").save(buffer, "PNG")
-    body = submit(client, "POST", data={"action": "plot", "kind": "histogram", "image": (io.BytesIO(buffer.getvalue()), "gray.png")},
-                  content_type="multipart/form-data")
+    body = submit(
+        client,
+        "POST",
+        data={"action": "plot", "kind": "histogram", "image": (io.BytesIO(buffer.getvalue()), "gray.png")},
+        content_type="multipart/form-data",
+    )
     assert result_of(client, body["jobId"])["status"] == "finished"
     assert downloaded_png(client, body["jobId"]).size == (1000, 600)
 
@@ -61,9 +69,18 @@ def test_bad_kind_and_wrong_source_are_400_before_anything_is_queued(client, fol
     copy_sample("jemma.png", folder / "jemma.png")
     before = queue("images").count
     cases = [
-        ({"kind": "pie", "imagePath": rel(folder / "castle.jpg", images_root)}, "kind"),  # -> "Invalid parameter kind: Input should be 'histogram' or 'sizes' (got 'pie')."
-        ({"imagePath": rel(folder / "castle.jpg", images_root)}, "kind"),  # kind missing -> "Invalid parameter kind: Field required."
-        ({"kind": "histogram", "imagePath": rel(folder, images_root)}, "one image"),  # a folder of two -> "kind=histogram plots one image, but 2 were given; ..."
+        (
+            {"kind": "pie", "imagePath": rel(folder / "castle.jpg", images_root)},
+            "kind",
+        ),  # -> "Invalid parameter kind: Input should be 'histogram' or 'sizes' (got 'pie')."
+        (
+            {"imagePath": rel(folder / "castle.jpg", images_root)},
+            "kind",
+        ),  # kind missing -> "Invalid parameter kind: Field required."
+        (
+            {"kind": "histogram", "imagePath": rel(folder, images_root)},
+            "one image",
+        ),  # a folder of two -> "kind=histogram plots one image, but 2 were given; ..."
     ]
     for values, named in cases:
         answer = client.post("/imageapi", data={"action": "plot", **values})
@@ -74,7 +91,9 @@ def test_bad_kind_and_wrong_source_are_400_before_anything_is_queued(client, fol
 def test_plotting_non_images_fails_with_a_sentence(client, folder, images_root):
     (folder / "a.jpg").write_text("text")
     (folder / "b.png").write_bytes(b"")
-    histogram = submit(client, "POST", data={"action": "plot", "kind": "histogram", "imagePath": rel(folder / "a.jpg", images_root)})
+    histogram = submit(
+        client, "POST", data={"action": "plot", "kind": "histogram", "imagePath": rel(folder / "a.jpg", images_root)}
+    )
     sizes = submit(client, "POST", data={"action": "plot", "kind": "sizes", "imagePath": rel(folder, images_root)})
     failed = result_of(client, histogram["jobId"])
     assert failed["status"] == "failed" and "not an image" in failed["error"]
@@ -84,7 +103,11 @@ def test_plotting_non_images_fails_with_a_sentence(client, folder, images_root):
 
 
 def test_charts_have_their_size_title_and_legend():
-    png = plots.sizes_png("Japan", [{"width": 100, "height": 50, "format": "JPEG"}, {"width": 30, "height": 60, "format": "PNG"}], unreadable=1)
+    png = plots.sizes_png(
+        "Japan",
+        [{"width": 100, "height": 50, "format": "JPEG"}, {"width": 30, "height": 60, "format": "PNG"}],
+        unreadable=1,
+    )
     assert PILImage.open(io.BytesIO(png)).size == (1000, 600)
     png = plots.histogram_png("gray.png", {"luminance": list(range(256))})
     assert PILImage.open(io.BytesIO(png)).size == (1000, 600)
@@ -99,8 +122,12 @@ def test_memory_stays_flat_over_300_plots(folder, images_root, redis_url):
     unserved = dataclasses.replace(ACTIONS["plot"], queue="plot-memory")
 
     def plot_many(count: int) -> int:
-        ids = [tasks.enqueue_whole(connection(), settings, unserved, [image], {"kind": "histogram"}, jobs.new_job_id(), image).id
-               for _ in range(count)]
+        ids = [
+            tasks.enqueue_whole(
+                connection(), settings, unserved, [image], {"kind": "histogram"}, jobs.new_job_id(), image
+            ).id
+            for _ in range(count)
+        ]
         worker.work(burst=True)
         assert all(jobs.fetch(connection(), job_id, settings.result_ttl).get_status() == "finished" for job_id in ids)
         return me.memory_info().rss

@@ -1,4 +1,5 @@
 """Safe to expose: bearer tokens, the default bind address, Redis auth, JSON-only jobs, and limits."""
+
 import io
 import logging
 import os
@@ -21,11 +22,23 @@ from tests.support import ROOT, copy_sample, jpeg_bytes, rel, result_of, submit,
 
 # --- tokens ----------------------------------------------------------------------------------------------
 
+
 def test_with_tokens_every_route_but_health_and_the_page_needs_one(configured, caplog):
     client = configured(api_tokens="first-token, second-token")
-    for path in ("/imageapi?imagePath=x.jpg", "/result/abc", "/result/file?jobId=abc", "/metrics", "/images", "/openapi.json"):
-        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic second-token"},
-                        {"Authorization": "Bearer first-token-and-more"}):
+    for path in (
+        "/imageapi?imagePath=x.jpg",
+        "/result/abc",
+        "/result/file?jobId=abc",
+        "/metrics",
+        "/images",
+        "/openapi.json",
+    ):
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": "Basic second-token"},
+            {"Authorization": "Bearer first-token-and-more"},
+        ):
             answer = client.get(path, headers=headers)
             # no token, a wrong one, the wrong scheme, a longer one -> 401 {"error": "This service needs a token: ..."}
             assert answer.status_code == 401, (path, headers)
@@ -51,22 +64,34 @@ def test_without_tokens_the_api_listens_on_loopback_only_unless_told():
 
 # --- Redis -----------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("command", [["worker.py", "images"], ["-c", "import RestAPI"], ["run.py"]])
 def test_require_redis_auth_refuses_a_url_without_password(command, tmp_path):
-    environment = {**os.environ, "REQUIRE_REDIS_AUTH": "1", "REDIS_URL": "redis://127.0.0.1:9/0",
-                   "IMAGES_DIR": str(tmp_path), "LOGS_DIR": str(tmp_path)}
-    done = subprocess.run([sys.executable, *command], cwd=ROOT, env=environment, capture_output=True, text=True, timeout=30)
+    environment = {
+        **os.environ,
+        "REQUIRE_REDIS_AUTH": "1",
+        "REDIS_URL": "redis://127.0.0.1:9/0",
+        "IMAGES_DIR": str(tmp_path),
+        "LOGS_DIR": str(tmp_path),
+    }
+    done = subprocess.run(
+        [sys.executable, *command], cwd=ROOT, env=environment, capture_output=True, text=True, timeout=30
+    )
     assert done.returncode != 0
     assert "REQUIRE_REDIS_AUTH is set but REDIS_URL" in done.stderr and "has no password" in done.stderr
 
 
-@pytest.mark.parametrize("serializer, function", [(None, "os.system"), (JSONSerializer, "os.system"),
-                                                  (JSONSerializer, "subprocess.getoutput")])
+@pytest.mark.parametrize(
+    "serializer, function",
+    [(None, "os.system"), (JSONSerializer, "os.system"), (JSONSerializer, "subprocess.getoutput")],
+)
 def test_jobs_that_name_foreign_code_are_refused(workers, redis_url, tmp_path, serializer, function):
     """Someone with write access to Redis queues a job: a pickle (RQ's default), or JSON naming a function
     that is not one of ours. The workers fail it and nothing runs."""
     marker = tmp_path / f"ran-{uuid.uuid4().hex}"
-    job = Queue("images", connection=Redis.from_url(redis_url), serializer=serializer).enqueue(function, f"touch {marker}")
+    job = Queue("images", connection=Redis.from_url(redis_url), serializer=serializer).enqueue(
+        function, f"touch {marker}"
+    )
     assert job.latest_result(timeout=10) is not None
     assert job.get_status(refresh=True) == "failed"
     assert not marker.exists()
@@ -74,6 +99,7 @@ def test_jobs_that_name_foreign_code_are_refused(workers, redis_url, tmp_path, s
 
 
 # --- limits ----------------------------------------------------------------------------------------------
+
 
 def test_a_full_queue_answers_429_with_retry_after(configured, folder, images_root, redis_url):
     copy_sample("castle_image.jpg", folder / "a.jpg")
@@ -91,7 +117,6 @@ def test_a_full_queue_answers_429_with_retry_after(configured, folder, images_ro
     assert refused and all(answer.status_code == 429 and answer.headers["Retry-After"].isdigit() for answer in refused)
     assert "MAX_QUEUE_DEPTH" in refused[0].get_json()["error"]
     assert all(result_of(client, answer.get_json()["jobId"])["status"] == "finished" for answer in accepted)  # kept
-
 
 
 def test_concurrent_submits_never_push_a_queue_past_its_limit(configured, folder, images_root, redis_url):
@@ -118,6 +143,7 @@ def test_concurrent_submits_never_push_a_queue_past_its_limit(configured, folder
         assert result_of(client, job_id)["status"] == "finished"
     assert set(redis.scan_iter("rq:job:*")) - jobs_before == {f"rq:job:{job_id}".encode() for job_id in accepted}
 
+
 def test_too_many_uploads_or_folder_images_are_refused(configured, folder, images_root):
     for index in range(3):
         copy_sample("castle_image.jpg", folder / f"{index}.jpg")
@@ -135,5 +161,7 @@ def test_a_decompression_bomb_is_a_per_image_error(client, folder, images_root):
     PILImage.new("1", (10_000, 6_000)).save(folder / "bomb.png")  # 60 MP in a few KB, over the 50 MP default
     copy_sample("castle_image.jpg", folder / "fine.jpg")
     body = submit(client, "POST", data={"imagePath": rel(folder, images_root)})
-    entries = {entry["image"].rsplit("/", 1)[1]: entry for entry in result_of(client, body["jobId"])["result"]["images"]}
+    entries = {
+        entry["image"].rsplit("/", 1)[1]: entry for entry in result_of(client, body["jobId"])["result"]["images"]
+    }
     assert "MAX_IMAGE_PIXELS" in entries["bomb.png"]["error"] and "result" in entries["fine.jpg"]

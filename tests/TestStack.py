@@ -45,6 +45,7 @@ SUBPROCESS_TIMEOUT = 180
 # Helpers
 # --------------------------------------------------------------------------
 
+
 def compose():
     with COMPOSE_FILE.open(encoding="utf-8") as fh:
         return yaml.safe_load(fh)  # resolves the x- anchors and << merges
@@ -194,7 +195,7 @@ def _pattern_regex(pattern):
             i += 1
         elif pattern[i] == "[":
             end = pattern.index("]", i)
-            out += pattern[i:end + 1]
+            out += pattern[i : end + 1]
             i = end + 1
         else:
             out += re.escape(pattern[i])
@@ -230,11 +231,14 @@ def find_hadolint():
 # External validators
 # --------------------------------------------------------------------------
 
+
 def test_compose_file_matches_compose_spec_schema():
     result = subprocess.run(
-        [sys.executable, "-m", "check_jsonschema",
-         "--builtin-schema", "vendor.compose-spec", str(COMPOSE_FILE)],
-        capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT, cwd=ROOT,
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec", str(COMPOSE_FILE)],
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -246,7 +250,10 @@ def test_compose_file_has_no_obsolete_version_key():
 def test_hadolint_has_no_findings():
     result = subprocess.run(
         [find_hadolint(), "--no-color", "--format", "json", str(DOCKERFILE)],
-        capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT,
+        cwd=ROOT,
     )
     findings = json.loads(result.stdout or "null")
     assert findings == [], json.dumps(findings, indent=1) + result.stderr
@@ -256,6 +263,7 @@ def test_hadolint_has_no_findings():
 # --------------------------------------------------------------------------
 # docker-compose.yml
 # --------------------------------------------------------------------------
+
 
 def test_services_present():
     assert {"redis", "api", "worker", "classifier"} <= set(compose()["services"])
@@ -407,6 +415,7 @@ def test_env_example_documents_every_compose_variable():
 # Dockerfile
 # --------------------------------------------------------------------------
 
+
 def test_dockerfile_base_image():
     froms = [args for keyword, args in dockerfile_instructions(None) if keyword == "FROM"]
     assert froms == ["python:3.11-slim AS base", "base AS classifier"]
@@ -511,18 +520,37 @@ def test_dockerfile_healthcheck_follows_health_endpoint(status, healthy):
 # .dockerignore
 # --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("path", [
-    ".git/HEAD", ".env", ".env.local", "images/photo.jpg", "logs/api.log", "data/dump.rdb",
-    "__pycache__/RestAPI.cpython-311.pyc", "pkg/__pycache__/m.cpython-311.pyc",
-    ".pytest_cache/v/cache", "test-artifacts/report.xml", ".benchmarks/run.json",
-])
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        ".git/HEAD",
+        ".env",
+        ".env.local",
+        "images/photo.jpg",
+        "logs/api.log",
+        "data/dump.rdb",
+        "__pycache__/RestAPI.cpython-311.pyc",
+        "pkg/__pycache__/m.cpython-311.pyc",
+        ".pytest_cache/v/cache",
+        "test-artifacts/report.xml",
+        ".benchmarks/run.json",
+    ],
+)
 def test_dockerignore_keeps_out(path):
     assert dockerignored(path), path
 
 
-@pytest.mark.parametrize("path", [
-    "requirements.txt", "RestAPI.py", "worker.py", "gunicorn.conf.py", "run.py",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "requirements.txt",
+        "RestAPI.py",
+        "worker.py",
+        "gunicorn.conf.py",
+        "run.py",
+    ],
+)
 def test_dockerignore_keeps_code_in(path):
     assert not dockerignored(path), path
 

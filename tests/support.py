@@ -1,5 +1,6 @@
 """What the tests share: where things are, starting and stopping processes, talking to the API, the
 service under `python run.py`, and local HTTP servers for image URLs. Fixtures are in conftest.py."""
+
 import io
 import os
 import signal
@@ -26,6 +27,7 @@ MB = 1024 * 1024
 
 
 # --- files and processes ------------------------------------------------------------------------------
+
 
 def copy_sample(name: str, dest: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -75,6 +77,7 @@ def decoded_sizes(monkeypatch) -> list:
 
 # --- the API, through a Flask test client ----------------------------------------------------------------
 
+
 def result_of(client, job_id: str) -> dict:
     """The finished (or failed) job's answer, waited for through the API's own wait."""
     answer = client.get(f"/result/{job_id}?wait=20")
@@ -100,6 +103,7 @@ def jpeg_bytes(size=(640, 480), color="teal") -> bytes:
 
 # --- the whole service, as `python run.py` ------------------------------------------------------------------
 
+
 class RunningService:
     def __init__(self, tmp_path: Path, *args: str, env: dict | None = None):
         self.images = tmp_path / "images"
@@ -107,8 +111,14 @@ class RunningService:
         environment = {**os.environ, "IMAGES_DIR": str(self.images), "LOGS_DIR": str(tmp_path / "logs"), **(env or {})}
         if "REDIS_URL" not in (env or {}):
             environment.pop("REDIS_URL")  # run.py starts its own Redis
-        self.process = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=tmp_path, env=environment,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "run.py"), *args],
+            cwd=tmp_path,
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.lines: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -136,6 +146,7 @@ class RunningService:
 
 
 # --- local HTTP servers, for image URLs ------------------------------------------------------------------
+
 
 class Handler(BaseHTTPRequestHandler):
     """Routes by the path's first segment; see ROUTES."""
@@ -170,7 +181,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         for start in range(0, len(JPEG), 10_000):
-            self.write_chunk(JPEG[start:start + 10_000])
+            self.write_chunk(JPEG[start : start + 10_000])
         self.write_chunk(b"")
 
     def write_chunk(self, data: bytes) -> None:
@@ -234,9 +245,17 @@ class Handler(BaseHTTPRequestHandler):
 
 
 ROUTES = {
-    "img": Handler.image, "chunked": Handler.chunked, "notes.txt": Handler.text, "hop": Handler.hop,
-    "redirect": Handler.redirect, "big": Handler.big, "endless": Handler.endless, "drip": Handler.drip,
-    "drip-headers": Handler.drip_headers, "stall": Handler.stall, "short": Handler.short,
+    "img": Handler.image,
+    "chunked": Handler.chunked,
+    "notes.txt": Handler.text,
+    "hop": Handler.hop,
+    "redirect": Handler.redirect,
+    "big": Handler.big,
+    "endless": Handler.endless,
+    "drip": Handler.drip,
+    "drip-headers": Handler.drip_headers,
+    "stall": Handler.stall,
+    "short": Handler.short,
 }
 
 
@@ -294,5 +313,3 @@ def start_server(server_class, host: str, tls: ssl.SSLContext | None = None):
     yield Server(httpd, host, httpd.server_address[1], "https" if tls else "http")
     httpd.shutdown()
     httpd.server_close()
-
-

@@ -14,6 +14,7 @@ Around them:
 
 No image code lives here: the API validates, enqueues and answers.
 """
+
 from flask import Flask
 
 from imagejobs import config

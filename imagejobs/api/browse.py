@@ -1,5 +1,6 @@
 """GET /images?path=P: the folders and images directly inside a folder of the images root (read-only),
 for the page's folder browser."""
+
 from flask import Blueprint, jsonify, request
 
 from imagejobs import params, paths

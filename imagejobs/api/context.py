@@ -1,4 +1,5 @@
 """What every request handler reads from the app it runs in: the app's settings and its Redis client."""
+
 from dataclasses import dataclass
 
 from flask import current_app

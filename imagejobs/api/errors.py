@@ -1,4 +1,5 @@
 """Answers to errors: always JSON {"error": "one sentence"} with a fitting status, never a traceback."""
+
 import logging
 
 from flask import Flask, jsonify, request

@@ -1,4 +1,5 @@
 """What runs around every request: the token check, timing, metrics and one log line."""
+
 import hmac
 import logging
 import time
@@ -28,8 +29,11 @@ def require_token():
     matches = [hmac.compare_digest(given.strip().encode(), token.encode()) for token in tokens]
     if scheme.lower() == "bearer" and any(matches):
         return None
-    return jsonify({"error": "This service needs a token: send the header Authorization: Bearer <token>."}), 401, {
-        "WWW-Authenticate": 'Bearer realm="imageapi"'}
+    return (
+        jsonify({"error": "This service needs a token: send the header Authorization: Bearer <token>."}),
+        401,
+        {"WWW-Authenticate": 'Bearer realm="imageapi"'},
+    )
 
 
 def account(response):
@@ -37,8 +41,14 @@ def account(response):
     route = request.url_rule.rule if request.url_rule else "unmatched"
     metrics.REQUESTS.labels(request.method, route, response.status_code).inc()
     metrics.LATENCY.labels(route).observe(elapsed)
-    log.info("%s %s %d %.1f ms", request.method, request.full_path.rstrip("?"), response.status_code, 1000 * elapsed,
-             extra={"job_id": g.get("job_id", "-"), "action": g.get("action", "-")})
+    log.info(
+        "%s %s %d %.1f ms",
+        request.method,
+        request.full_path.rstrip("?"),
+        response.status_code,
+        1000 * elapsed,
+        extra={"job_id": g.get("job_id", "-"), "action": g.get("action", "-")},
+    )
     return response
 
 

@@ -4,6 +4,7 @@ Request parameters come from the pydantic models in params.py and the actions ta
 that validate requests, so the document cannot drift from the validation. The answers' shapes are
 declared here.
 """
+
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -78,8 +79,10 @@ class ActionParameter(BaseModel):
 class ActionDescription(BaseModel):
     name: str
     summary: str
-    title: str = Field(description="the page's title of such a job: {name} is a parameter's value, {, name|upper} "
-                                   "adds ', ' and the upper-cased value when it was given")
+    title: str = Field(
+        description="the page's title of such a job: {name} is a parameter's value, {, name|upper} "
+        "adds ', ' and the upper-cased value when it was given"
+    )
     description: str
     perImage: bool = Field(description="one entry per image in a batch; else one result over all the images")
     parameters: list[ActionParameter]
@@ -99,11 +102,28 @@ class ActionsList(BaseModel):
     limits: Limits
 
 
-MODELS = (ActionParameter, ActionDescription, Limits, ActionsList, Error, Enqueued, Progress, JobAnswer, Listing, Health, HealthDown)
+MODELS = (
+    ActionParameter,
+    ActionDescription,
+    Limits,
+    ActionsList,
+    Error,
+    Enqueued,
+    Progress,
+    JobAnswer,
+    Listing,
+    Health,
+    HealthDown,
+)
 ERRORS = {
-    400: "a parameter or path is invalid", 401: "a token is needed (API_TOKENS is set)", 404: "no such file, job or route",
-    405: "method not allowed", 413: "the upload is too large", 415: "unsupported request body",
-    429: "the queue is full; retry after Retry-After seconds", 503: "Redis is unreachable",
+    400: "a parameter or path is invalid",
+    401: "a token is needed (API_TOKENS is set)",
+    404: "no such file, job or route",
+    405: "method not allowed",
+    413: "the upload is too large",
+    415: "unsupported request body",
+    429: "the queue is full; retry after Retry-After seconds",
+    503: "Redis is unreachable",
 }
 
 
@@ -125,8 +145,10 @@ def _json(model: type[BaseModel], description: str) -> dict:
 def _errors(*codes: int) -> dict:
     """The JSON errors an operation answers, plus those every operation may: 401, 414 (from gunicorn, as HTML), 503."""
     answers = {str(code): _json(Error, ERRORS[code]) for code in (*codes, 401, 503)}
-    answers["414"] = {"description": "the request line is longer than 8190 bytes (gunicorn answers)",
-                      "content": {"text/html": {"schema": {"type": "string"}}}}
+    answers["414"] = {
+        "description": "the request line is longer than 8190 bytes (gunicorn answers)",
+        "content": {"text/html": {"schema": {"type": "string"}}},
+    }
     return answers
 
 
@@ -139,8 +161,16 @@ def _properties(*models: type[params.Params]) -> dict:
 
 
 def _query(properties: dict, required=()) -> list[dict]:
-    return [{"name": name, "in": "query", "required": name in required, "schema": schema,
-             "description": schema.get("description", "")} for name, schema in properties.items()]
+    return [
+        {
+            "name": name,
+            "in": "query",
+            "required": name in required,
+            "schema": schema,
+            "description": schema.get("description", ""),
+        }
+        for name, schema in properties.items()
+    ]
 
 
 ACTION = {"type": "string", "enum": list(ACTIONS), "description": f"what to do (POST default: {DEFAULT_ACTION})"}
@@ -148,8 +178,10 @@ JOB_ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]+$", "description": "the j
 
 
 def _enqueue_answers() -> dict:
-    links = {"GetResult": {"operationId": "getResultById", "parameters": {"jobId": "$response.body#/jobId"}},
-             "GetResultFile": {"operationId": "getResultFile", "parameters": {"jobId": "$response.body#/jobId"}}}
+    links = {
+        "GetResult": {"operationId": "getResultById", "parameters": {"jobId": "$response.body#/jobId"}},
+        "GetResultFile": {"operationId": "getResultFile", "parameters": {"jobId": "$response.body#/jobId"}},
+    }
     accepted = _json(Enqueued, "queued; the Location header points at the result")
     accepted["headers"] = {"Location": {"schema": {"type": "string"}, "description": "/result/<jobId>"}}
     accepted["links"] = links
@@ -159,81 +191,187 @@ def _enqueue_answers() -> dict:
 
 
 def _result_answers() -> dict:
-    return {"200": _json(JobAnswer, "the job ended: finished with a result, or failed with an error"),
-            "202": _json(JobAnswer, "the job is queued or running (a batch shows its progress)"),
-            **_errors(400, 404)}
+    return {
+        "200": _json(JobAnswer, "the job ended: finished with a result, or failed with an error"),
+        "202": _json(JobAnswer, "the job is queued or running (a batch shows its progress)"),
+        **_errors(400, 404),
+    }
 
 
 def document() -> dict:
     """The whole document, built from the models."""
     fields = {"action": ACTION, **_properties(AnyActionParams)}
     # In a JSON body, null means "not given" (the query's value or the default applies).
-    body = {"type": "object", "properties": {name: {"anyOf": [schema, {"type": "null"}]} for name, schema in fields.items()}}
+    body = {
+        "type": "object",
+        "properties": {name: {"anyOf": [schema, {"type": "null"}]} for name, schema in fields.items()},
+    }
     form = {"type": "object", "properties": fields}
-    upload = {"type": "object", "properties": {
-        "image": {"type": "array", "items": {"type": "string", "format": "binary"}, "description": "one or more files"},
-        "action": ACTION, **_properties(AnyActionParams)}}
+    upload = {
+        "type": "object",
+        "properties": {
+            "image": {
+                "type": "array",
+                "items": {"type": "string", "format": "binary"},
+                "description": "one or more files",
+            },
+            "action": ACTION,
+            **_properties(AnyActionParams),
+        },
+    }
     wait = _query(params.ResultQuery.model_json_schema()["properties"])
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Image job service", "version": "1",
-                 "description": "Sizes, thumbnails, ImageNet classifications and plots of images, as RQ jobs fetched by jobId until they expire."},
+        "info": {
+            "title": "Image job service",
+            "version": "1",
+            "description": (
+                "Sizes, thumbnails, ImageNet classifications and plots of images, "
+                "as RQ jobs fetched by jobId until they expire."
+            ),
+        },
         "paths": {
             "/imageapi": {
-                "get": {"operationId": "size", "summary": "Queue the size of an image, or of a folder's images",
-                        "parameters": _query(params.Source.model_json_schema()["properties"], required=("imagePath",)),
-                        "responses": {**_enqueue_answers(), **_errors(400, 404, 429)}},
-                "post": {"operationId": "enqueue", "summary": "Queue an action on a path, on uploads, or on a folder",
-                         "parameters": _query(fields),
-                         "requestBody": {"required": False, "content": {
-                             "application/json": {"schema": body},
-                             "application/x-www-form-urlencoded": {"schema": form},
-                             "multipart/form-data": {"schema": upload}}},
-                         "responses": {**_enqueue_answers(), **_errors(400, 404, 413, 415, 429)}},
+                "get": {
+                    "operationId": "size",
+                    "summary": "Queue the size of an image, or of a folder's images",
+                    "parameters": _query(params.Source.model_json_schema()["properties"], required=("imagePath",)),
+                    "responses": {**_enqueue_answers(), **_errors(400, 404, 429)},
+                },
+                "post": {
+                    "operationId": "enqueue",
+                    "summary": "Queue an action on a path, on uploads, or on a folder",
+                    "parameters": _query(fields),
+                    "requestBody": {
+                        "required": False,
+                        "content": {
+                            "application/json": {"schema": body},
+                            "application/x-www-form-urlencoded": {"schema": form},
+                            "multipart/form-data": {"schema": upload},
+                        },
+                    },
+                    "responses": {**_enqueue_answers(), **_errors(400, 404, 413, 415, 429)},
+                },
             },
-            "/result": {"get": {"operationId": "getResult", "summary": "A job's status and result",
-                                "parameters": [{"name": "jobId", "in": "query", "required": True, "schema": JOB_ID}, *wait],
-                                "responses": _result_answers()}},
-            "/result/{jobId}": {"get": {"operationId": "getResultById", "summary": "A job's status and result",
-                                        "parameters": [{"name": "jobId", "in": "path", "required": True, "schema": JOB_ID}, *wait],
-                                        "responses": _result_answers()}},
-            "/result/file": {"get": {
-                "operationId": "getResultFile", "summary": "The file a finished job made (thumbnail or plot), as an attachment",
-                "parameters": [{"name": "jobId", "in": "query", "required": True, "schema": JOB_ID},
-                               *_query(params.FileQuery.model_json_schema()["properties"])],
-                "responses": {"200": {"description": "the file", "content": {
-                    media: {"schema": {"type": "string", "format": "binary"}} for media in ("image/png", "image/jpeg", "image/webp")}},
-                    **_errors(400, 404)}}},
-            "/": {"get": {"operationId": "page", "summary": "The web page to submit images and watch jobs",
-                          "responses": {"200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}},
-                                        **_errors()}}},
-            "/static/{filename}": {"get": {
-                "operationId": "pageAsset", "summary": "The page's scripts, styles and icons",
-                "parameters": [{"name": "filename", "in": "path", "required": True, "schema": {"type": "string"}}],
-                "responses": {"200": {"description": "the file", "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}},
-                              **_errors(404)}}},
-            "/images": {"get": {
-                "operationId": "browse", "summary": "The folders and images directly inside a folder of the images root",
-                "parameters": _query(params.BrowseQuery.model_json_schema()["properties"]),
-                "responses": {"200": _json(Listing, "the folder's contents"), **_errors(400, 404)}}},
-            "/health": {"get": {"operationId": "health", "summary": "Redis, workers and queue depths",
-                                "responses": {"200": _json(Health, "Redis answers"), "503": _json(HealthDown, "Redis is down")}}},
-            "/metrics": {"get": {"operationId": "metrics", "summary": "Prometheus metrics",
-                                 "responses": {"200": {"description": "Prometheus text format",
-                                                       "content": {"text/plain": {"schema": {"type": "string"}}}},
-                                               **_errors()}}},
-            "/openapi.json": {"get": {"operationId": "openapi", "summary": "This document",
-                                      "responses": {"200": {"description": "OpenAPI 3.1",
-                                                            "content": {"application/json": {"schema": {"type": "object"}}}},
-                                                    **_errors()}}},
-            "/actions": {"get": {"operationId": "actions",
-                                 "summary": "The actions, their parameters and the server's limits (the page builds its form from them)",
-                                 "responses": {"200": _json(ActionsList, "every action, in the order the page shows them"),
-                                               **_errors()}}},
+            "/result": {
+                "get": {
+                    "operationId": "getResult",
+                    "summary": "A job's status and result",
+                    "parameters": [{"name": "jobId", "in": "query", "required": True, "schema": JOB_ID}, *wait],
+                    "responses": _result_answers(),
+                }
+            },
+            "/result/{jobId}": {
+                "get": {
+                    "operationId": "getResultById",
+                    "summary": "A job's status and result",
+                    "parameters": [{"name": "jobId", "in": "path", "required": True, "schema": JOB_ID}, *wait],
+                    "responses": _result_answers(),
+                }
+            },
+            "/result/file": {
+                "get": {
+                    "operationId": "getResultFile",
+                    "summary": "The file a finished job made (thumbnail or plot), as an attachment",
+                    "parameters": [
+                        {"name": "jobId", "in": "query", "required": True, "schema": JOB_ID},
+                        *_query(params.FileQuery.model_json_schema()["properties"]),
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "the file",
+                            "content": {
+                                media: {"schema": {"type": "string", "format": "binary"}}
+                                for media in ("image/png", "image/jpeg", "image/webp")
+                            },
+                        },
+                        **_errors(400, 404),
+                    },
+                }
+            },
+            "/": {
+                "get": {
+                    "operationId": "page",
+                    "summary": "The web page to submit images and watch jobs",
+                    "responses": {
+                        "200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}},
+                        **_errors(),
+                    },
+                }
+            },
+            "/static/{filename}": {
+                "get": {
+                    "operationId": "pageAsset",
+                    "summary": "The page's scripts, styles and icons",
+                    "parameters": [{"name": "filename", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "responses": {
+                        "200": {
+                            "description": "the file",
+                            "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+                        },
+                        **_errors(404),
+                    },
+                }
+            },
+            "/images": {
+                "get": {
+                    "operationId": "browse",
+                    "summary": "The folders and images directly inside a folder of the images root",
+                    "parameters": _query(params.BrowseQuery.model_json_schema()["properties"]),
+                    "responses": {"200": _json(Listing, "the folder's contents"), **_errors(400, 404)},
+                }
+            },
+            "/health": {
+                "get": {
+                    "operationId": "health",
+                    "summary": "Redis, workers and queue depths",
+                    "responses": {"200": _json(Health, "Redis answers"), "503": _json(HealthDown, "Redis is down")},
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "summary": "Prometheus metrics",
+                    "responses": {
+                        "200": {
+                            "description": "Prometheus text format",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        },
+                        **_errors(),
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "operationId": "openapi",
+                    "summary": "This document",
+                    "responses": {
+                        "200": {
+                            "description": "OpenAPI 3.1",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        },
+                        **_errors(),
+                    },
+                }
+            },
+            "/actions": {
+                "get": {
+                    "operationId": "actions",
+                    "summary": (
+                        "The actions, their parameters and the server's limits (the page builds its form from them)"
+                    ),
+                    "responses": {
+                        "200": _json(ActionsList, "every action, in the order the page shows them"),
+                        **_errors(),
+                    },
+                }
+            },
         },
         "components": {
             "schemas": {model.__name__: _schema(model) for model in MODELS},
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "when API_TOKENS is set"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "when API_TOKENS is set"}
+            },
         },
         "security": [{}, {"bearer": []}],
     }

@@ -1,4 +1,5 @@
 """For operators: GET /health (Redis, workers, queue depths) and GET /metrics (Prometheus)."""
+
 import logging
 
 from flask import Blueprint, jsonify
@@ -18,8 +19,11 @@ log = logging.getLogger("api")
 def health():
     try:
         redis().ping()
-        body = {"redis": "ok", "workers": Worker.count(connection=redis()),
-                "queues": {name: queue(name, redis()).count for name in QUEUE_NAMES}}
+        body = {
+            "redis": "ok",
+            "workers": Worker.count(connection=redis()),
+            "queues": {name: queue(name, redis()).count for name in QUEUE_NAMES},
+        }
     except (RedisConnectionError, RedisTimeoutError) as exc:
         log.warning("health: Redis unreachable: %s", exc)
         return jsonify({"redis": "unreachable", "error": "Redis is unreachable; jobs cannot be queued or read."}), 503

@@ -1,5 +1,6 @@
 """Reading a request: its parameters from the query string, form fields and a JSON body, the action it
 asks for, and the images it names (a path, uploads or URLs)."""
+
 from flask import request
 from werkzeug.exceptions import UnsupportedMediaType
 
@@ -27,10 +28,17 @@ def values() -> dict:
     if request.mimetype == "application/json" and request.content_length:
         body = request.get_json(silent=True)
         if not isinstance(body, dict):
-            raise params.InvalidParameter("The JSON body must be an object, like {\"imagePath\": \"Japan/a.jpg\"}.")
-        merged.update(checked({name: value for name, value in body.items() if value is not None}, strict=True))  # null: not given
-    elif request.content_length and request.mimetype not in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        raise UnsupportedMediaType("Send parameters as a query string, form fields, multipart/form-data or a JSON object.")
+            raise params.InvalidParameter('The JSON body must be an object, like {"imagePath": "Japan/a.jpg"}.')
+        merged.update(
+            checked({name: value for name, value in body.items() if value is not None}, strict=True)
+        )  # null: not given
+    elif request.content_length and request.mimetype not in (
+        "multipart/form-data",
+        "application/x-www-form-urlencoded",
+    ):
+        raise UnsupportedMediaType(
+            "Send parameters as a query string, form fields, multipart/form-data or a JSON object."
+        )
     return merged
 
 
@@ -55,21 +63,33 @@ def named_images(given: dict, job_id: str) -> tuple[list[str], bool, str]:
     source = params.validate(params.Source, given)
     uploads = [f for f in request.files.getlist("image") if f.filename or f.content_length]
     if not uploads and request.files:
-        raise params.InvalidParameter(f"Upload files in the form field 'image' (got {', '.join(map(repr, request.files))}).")
-    ways = [name for name, present in (("imagePath", source.imagePath), ("image uploads", uploads),
-                                       ("imageUrl", source.imageUrl)) if present]
+        raise params.InvalidParameter(
+            f"Upload files in the form field 'image' (got {', '.join(map(repr, request.files))})."
+        )
+    ways = [
+        name
+        for name, present in (
+            ("imagePath", source.imagePath),
+            ("image uploads", uploads),
+            ("imageUrl", source.imageUrl),
+        )
+        if present
+    ]
     if len(ways) > 1:
         raise params.InvalidParameter(f"Name the images one way: {' and '.join(ways)} were both given.")
     if uploads:
         if len(uploads) > settings().max_upload_files:
             raise params.InvalidParameter(
-                f"{len(uploads)} files were uploaded; the limit is {settings().max_upload_files} (MAX_UPLOAD_FILES).")
+                f"{len(uploads)} files were uploaded; the limit is {settings().max_upload_files} (MAX_UPLOAD_FILES)."
+            )
         return store_uploads(uploads, job_id), len(uploads) > 1, "uploaded file" + "s" * (len(uploads) > 1)
     if source.imageUrl:
         return checked_urls(source.imageUrl), len(source.imageUrl) > 1, "image URL" + "s" * (len(source.imageUrl) > 1)
     if not source.imagePath:
         raise params.InvalidParameter(
-            "Name an image: give imagePath (a file or folder under the images root), imageUrl, or upload files in the field 'image'.")
+            "Name an image: give imagePath (a file or folder under the images root), imageUrl, "
+            "or upload files in the field 'image'."
+        )
     return path_images(source)
 
 
@@ -83,18 +103,23 @@ def path_images(source: params.Source) -> tuple[list[str], bool, str]:
     images = paths.list_images(root, target, source.recursive)
     if len(images) > most:
         raise params.InvalidParameter(
-            f"The folder {named!r} holds {len(images)} images; the limit is {most} (MAX_FOLDER_IMAGES): name a subfolder.")
+            f"The folder {named!r} holds {len(images)} images; "
+            f"the limit is {most} (MAX_FOLDER_IMAGES): name a subfolder."
+        )
     if not images:
         raise params.InvalidParameter(
             f"The folder {named!r} holds no images"
-            f"{'' if source.recursive else ' directly (add recursive=true to include its subfolders)'}.")
+            f"{'' if source.recursive else ' directly (add recursive=true to include its subfolders)'}."
+        )
     return images, True, named
 
 
 def checked_urls(urls: list[str]) -> list[str]:
     """The URLs, each well-formed http(s); where they lead is checked by the worker that downloads them."""
     if len(urls) > settings().max_urls:
-        raise params.InvalidParameter(f"{len(urls)} image URLs were given; the limit is {settings().max_urls} (MAX_URLS).")
+        raise params.InvalidParameter(
+            f"{len(urls)} image URLs were given; the limit is {settings().max_urls} (MAX_URLS)."
+        )
     try:
         return [downloads.validate_url(url) for url in urls]
     except downloads.DownloadError as exc:

@@ -1,5 +1,6 @@
 """A job's answer: GET /result?jobId=ID and /result/ID (wait=S holds until it ends), and
 GET /result/file, the file it made (a thumbnail or a plot)."""
+
 import io
 import mimetypes
 from pathlib import Path
@@ -38,15 +39,25 @@ def result_file():
     stored = files.load(redis(), job_id)
     if stored is not None and query.index is None:
         data, mimetype = stored
-        return send_file(io.BytesIO(data), mimetype=mimetype, as_attachment=True,
-                         download_name=f"{job_id}{mimetypes.guess_extension(mimetype) or ''}")
+        return send_file(
+            io.BytesIO(data),
+            mimetype=mimetype,
+            as_attachment=True,
+            download_name=f"{job_id}{mimetypes.guess_extension(mimetype) or ''}",
+        )
     made = made_file(body.get("result") or {}, query.index)
     if made is None or not made.is_relative_to(settings().images_root) or not made.is_file():
-        raise paths.PathNotFound(f"Job {job_id} has no file to download there: a finished plot or resize makes one "
-                                 "(in a batch, give the index of an entry that succeeded).")
+        raise paths.PathNotFound(
+            f"Job {job_id} has no file to download there: a finished plot or resize makes one "
+            "(in a batch, give the index of an entry that succeeded)."
+        )
     name = f"{job_id}{'' if query.index is None else f'-{query.index}'}{made.suffix}"
-    return send_file(made, mimetype=mimetypes.guess_type(made.name)[0] or "application/octet-stream",
-                     as_attachment=True, download_name=name)
+    return send_file(
+        made,
+        mimetype=mimetypes.guess_type(made.name)[0] or "application/octet-stream",
+        as_attachment=True,
+        download_name=name,
+    )
 
 
 def made_file(result: dict, index: int | None) -> Path | None:

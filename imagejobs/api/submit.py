@@ -1,9 +1,10 @@
 """Submitting work: GET /imageapi reads sizes; POST /imageapi runs any action (resize by default) on a
 path, uploads or URLs, as one job or a batch."""
+
 from flask import Blueprint, g, jsonify, request
 
 from imagejobs import answers, batch, jobs, metrics, params, tasks
-from imagejobs.actions import DEFAULT_ACTION, Action
+from imagejobs.actions import DEFAULT_ACTION, READ_ACTION, Action
 from imagejobs.api import requests
 from imagejobs.api.context import redis, settings
 
@@ -12,9 +13,9 @@ blueprint = Blueprint("submit", __name__)
 
 @blueprint.get("/imageapi")
 def image_size():
-    if str(request.args.get("action", "size")).lower() != "size":
+    if str(request.args.get("action", READ_ACTION)).lower() != READ_ACTION:
         raise params.InvalidParameter("GET /imageapi reads sizes only; use POST for other actions.")
-    return enqueue("size")
+    return enqueue(READ_ACTION)
 
 
 @blueprint.post("/imageapi")
@@ -38,8 +39,12 @@ def enqueue(default_action: str):
     metrics.IMAGES.labels(action.name).inc(len(images))
     location = f"/result/{job_id}"
     counted = f" ({len(images)} images)" if len(images) > 1 else ""
-    body = {"jobId": job_id, "status": "queued", "action": action.name,
-            "Result": f"{action.summary} of {named}{counted} queued; fetch the result at {location}."}
+    body = {
+        "jobId": job_id,
+        "status": "queued",
+        "action": action.name,
+        "Result": f"{action.summary} of {named}{counted} queued; fetch the result at {location}.",
+    }
     if wait:
         status, answer = answers.describe(redis(), job, answers.wait(redis(), job, wait, settings().result_ttl))
         if status == 200:

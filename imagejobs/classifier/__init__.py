@@ -7,6 +7,7 @@
 Only the classify worker imports this package (processors/classify.py does, when it first runs), so
 the API and the image workers never load numpy's model libraries, TensorFlow or LiteRT.
 """
+
 from imagejobs.classifier.model import Classifier, ModelMissing
 
 __all__ = ["Classifier", "ModelMissing"]

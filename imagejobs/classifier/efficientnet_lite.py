@@ -125,7 +125,9 @@ def _load_weights(assign, state_dict):
                     continue
                 value = value.transpose(transform)
             if value.shape != target.shape:
-                problems.append(f"{torch_name}: shape {tensor.shape} -> {value.shape} does not fit {layer.name} {target.shape}")
+                problems.append(
+                    f"{torch_name}: shape {tensor.shape} -> {value.shape} does not fit {layer.name} {target.shape}"
+                )
                 continue
             values.append(np.ascontiguousarray(value))
         if len(values) == len(targets):

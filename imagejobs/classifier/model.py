@@ -17,12 +17,12 @@ the image upright and RGB (Image.open_rgb), a centred square crop of 224/256 of 
 bicubic resize to 224x224, then (x - 127) / 128 as float32.
 
 A configured model (CLASSIFIER_MODEL) is a Keras .keras or .h5 file with one input of shape
-(224, 224, 3) (or None for any of those sizes), taking images preprocessed exactly as above, and one output of one score per
-class; a labels file (CLASSIFIER_LABELS: a JSON list of strings, or text with one label per line)
-names the classes in output order. Its scores are reported as they are when, on two random probe
-images, they are all within [0, 1] and sum to 1 per image (a softmax output) or the last layer's
-activation is sigmoid; otherwise they are taken for logits and softmax is applied. It runs on
-Keras (a compiled tf.function), not TFLite.
+(224, 224, 3) (or None for any of those sizes), taking images preprocessed exactly as above, and
+one output of one score per class; a labels file (CLASSIFIER_LABELS: a JSON list of strings, or
+text with one label per line) names the classes in output order. Its scores are reported as they
+are when, on two random probe images, they are all within [0, 1] and sum to 1 per image (a softmax
+output) or the last layer's activation is sigmoid; otherwise they are taken for logits and softmax
+is applied. It runs on Keras (a compiled tf.function), not TFLite.
 """
 
 import collections
@@ -67,11 +67,15 @@ class ModelMissing(Exception):
 
 
 def preprocess(img: PILImage.Image) -> np.ndarray:
-    """(224, 224, 3) float32 of an RGB image: centred crop of 224/256 of the short side, bicubic resize, (x - 127) / 128."""
+    """(224, 224, 3) float32 of an RGB image: centred crop of 224/256 of the short side, bicubic resize,
+    (x - 127) / 128.
+    """
     width, height = img.size
     crop = max(1, int(CROP_FRACTION * min(width, height)))
     left, top = (width - crop + 1) // 2, (height - crop + 1) // 2  # as the EfficientNet reference code rounds
-    resized = img.resize((IMAGE_SIZE, IMAGE_SIZE), PILImage.Resampling.BICUBIC, box=(left, top, left + crop, top + crop))
+    resized = img.resize(
+        (IMAGE_SIZE, IMAGE_SIZE), PILImage.Resampling.BICUBIC, box=(left, top, left + crop, top + crop)
+    )
     pixels = np.asarray(resized, dtype=np.float32)
     pixels -= 127.0
     pixels /= 128.0
@@ -110,7 +114,9 @@ class Classifier:
         self._pool_lock = threading.Lock()
 
     @classmethod
-    def load(cls, model_path: str | None = None, labels_path: str | None = None, *, cache_dir: str | None = None) -> "Classifier":
+    def load(
+        cls, model_path: str | None = None, labels_path: str | None = None, *, cache_dir: str | None = None
+    ) -> "Classifier":
         """model_path None: the built-in EfficientNet-Lite0; else a Keras .keras/.h5 file (see the module docstring).
 
         labels_path: a JSON list or a text file with one label per line; needed with model_path,
@@ -142,7 +148,8 @@ class Classifier:
         return classifier
 
     def classify(self, paths: list, top: int, max_pixels: int) -> list:
-        """One entry per path, in order: the `top` best {"label", "score"} (score descending) or the Image.ImageError for it.
+        """One entry per path, in order: the `top` best {"label", "score"} (score descending) or the
+        Image.ImageError for it.
 
         Images are decoded and preprocessed on a small thread pool while earlier ones run
         through the model, BATCH_SIZE at a time. One bad image never affects the others.
@@ -204,10 +211,13 @@ def _load_for_batch(path, max_pixels):
         return exc
     except Exception as exc:
         log.exception("unexpected error while reading an image to classify")
-        return Image.ImageError(f"Unexpected {type(exc).__name__} while reading this image; the worker log has details.")
+        return Image.ImageError(
+            f"Unexpected {type(exc).__name__} while reading this image; the worker log has details."
+        )
 
 
 # --- labels -------------------------------------------------------------------------------------
+
 
 def _builtin_labels() -> list[str]:
     """The 1000 ImageNet classes in the standard order, each by its first (short) name: "tench", "goldfish", ..."""
@@ -229,25 +239,38 @@ def _read_labels(labels_path) -> list[str]:
     try:
         text = Path(labels_path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ModelMissing(f"The labels file {str(labels_path)!r} (CLASSIFIER_LABELS) does not exist; set CLASSIFIER_LABELS to {shape}.") from None
+        raise ModelMissing(
+            f"The labels file {str(labels_path)!r} (CLASSIFIER_LABELS) does not exist; "
+            f"set CLASSIFIER_LABELS to {shape}."
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         reason = f": {exc.strerror}" if isinstance(exc, OSError) and exc.strerror else ""
-        raise ModelMissing(f"The labels file {str(labels_path)!r} (CLASSIFIER_LABELS) could not be read{reason}; set CLASSIFIER_LABELS to {shape}.") from None
+        raise ModelMissing(
+            f"The labels file {str(labels_path)!r} (CLASSIFIER_LABELS) could not be read{reason}; "
+            f"set CLASSIFIER_LABELS to {shape}."
+        ) from None
     if text.lstrip().startswith("["):
         try:
             labels = json.loads(text)
         except ValueError:
             labels = None
         if not (isinstance(labels, list) and labels and all(isinstance(label, str) for label in labels)):
-            raise ModelMissing(f"The labels file {str(labels_path)!r} (CLASSIFIER_LABELS) is not a JSON list of strings; set CLASSIFIER_LABELS to {shape}.")
+            raise ModelMissing(
+                f"The labels file {str(labels_path)!r} (CLASSIFIER_LABELS) is not a JSON list of strings; "
+                f"set CLASSIFIER_LABELS to {shape}."
+            )
         return labels
     labels = [line.strip() for line in text.splitlines() if line.strip()]
     if not labels:
-        raise ModelMissing(f"The labels file {str(labels_path)!r} (CLASSIFIER_LABELS) holds no labels; set CLASSIFIER_LABELS to {shape}.")
+        raise ModelMissing(
+            f"The labels file {str(labels_path)!r} (CLASSIFIER_LABELS) holds no labels; "
+            f"set CLASSIFIER_LABELS to {shape}."
+        )
     return labels
 
 
 # --- the built-in model -------------------------------------------------------------------------
+
 
 def _builtin_runner(cache_folder):
     """A TFLite runner of EfficientNet-Lite0, converted once per weights file and cached; Keras if TFLite fails.
@@ -306,8 +329,14 @@ def _convert_in_child(weights: Path, cached: Path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     code = "import sys; from imagejobs.classifier import model; model.convert_builtin(sys.argv[1], sys.argv[2])"
     done = subprocess.run(
-        [sys.executable, "-c", code, str(weights), str(cached)], cwd=root, env=env, stdin=subprocess.DEVNULL,
-        capture_output=True, text=True, errors="replace", timeout=_CONVERT_TIMEOUT,
+        [sys.executable, "-c", code, str(weights), str(cached)],
+        cwd=root,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        errors="replace",
+        timeout=_CONVERT_TIMEOUT,
     )
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no message"])[-1]
@@ -333,7 +362,9 @@ def _convert_to_tflite(model) -> bytes:
     """The .tflite bytes of a Keras model, its weights frozen into constants (input batch size left free)."""
     tf = _import_tensorflow()
     signature = [tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.float32, name="image")]
-    concrete = tf.function(lambda images: model(images, training=False), input_signature=signature).get_concrete_function()
+    concrete = tf.function(
+        lambda images: model(images, training=False), input_signature=signature
+    ).get_concrete_function()
     try:
         from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
@@ -354,7 +385,9 @@ def _convert_to_tflite(model) -> bytes:
 def _check_same(runner, reference):
     """Refuse a converted model whose scores differ from the Keras model's on a synthetic probe image."""
     ramp = np.linspace(-1.0, 1.0, IMAGE_SIZE, dtype=np.float32)
-    probe = np.stack([ramp[:, None] * ramp[None, :], ramp[None, :].repeat(IMAGE_SIZE, 0), ramp[:, None].repeat(IMAGE_SIZE, 1)], -1)[None]
+    probe = np.stack(
+        [ramp[:, None] * ramp[None, :], ramp[None, :].repeat(IMAGE_SIZE, 0), ramp[:, None].repeat(IMAGE_SIZE, 1)], -1
+    )[None]
     difference = float(np.abs(runner.predict(probe) - reference.predict(probe)).max())
     if difference > 1e-3:
         raise ValueError(f"the TFLite model differs from Keras by {difference:g}")
@@ -403,6 +436,7 @@ def _native_stderr_silenced():
 
 # --- runners: predict(batch (n, 224, 224, 3) float32) -> (n, classes) float32 ------------------
 
+
 class _TFLiteRunner:
     def __init__(self, content: bytes):
         from ai_edge_litert.interpreter import Interpreter
@@ -410,8 +444,8 @@ class _TFLiteRunner:
         with _native_stderr_silenced():  # the XNNPACK delegate announces itself in allocate_tensors()
             self._interpreter = Interpreter(model_content=content, num_threads=INFERENCE_THREADS)
             self._interpreter.allocate_tensors()
-        source, = self._interpreter.get_input_details()
-        output, = self._interpreter.get_output_details()
+        (source,) = self._interpreter.get_input_details()
+        (output,) = self._interpreter.get_output_details()
         if list(source["shape"][1:]) != [IMAGE_SIZE, IMAGE_SIZE, 3]:
             raise ValueError(f"the TFLite model takes {source['shape']}")
         self._input, self._output = source["index"], output["index"]
@@ -462,7 +496,9 @@ class _KerasRunner:
             ) from None
         inputs, outputs = getattr(model, "inputs", None) or [], getattr(model, "outputs", None) or []
         takes = tuple(inputs[0].shape[1:]) if len(inputs) == 1 else ()
-        fits = len(takes) == 3 and all(size in (None, wanted) for size, wanted in zip(takes, (IMAGE_SIZE, IMAGE_SIZE, 3)))
+        fits = len(takes) == 3 and all(
+            size in (None, wanted) for size, wanted in zip(takes, (IMAGE_SIZE, IMAGE_SIZE, 3))
+        )
         if not fits or len(outputs) != 1 or len(outputs[0].shape) != 2 or outputs[0].shape[-1] is None:
             raise ModelMissing(
                 f"The classifier model {shown} (CLASSIFIER_MODEL) must take one {IMAGE_SIZE}x{IMAGE_SIZE}x3 image and "

@@ -114,7 +114,12 @@ class _Unpickler(pickle.Unpickler):
         if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
             raise pickle.UnpicklingError("unsupported persistent id")
         _, storage_type, key, _location, numel, *view = pid
-        if not isinstance(storage_type, _StorageType) or not isinstance(key, str) or not isinstance(numel, int) or numel < 0:
+        if (
+            not isinstance(storage_type, _StorageType)
+            or not isinstance(key, str)
+            or not isinstance(numel, int)
+            or numel < 0
+        ):
             raise pickle.UnpicklingError("bad storage reference")
         if view and view[0] is not None:
             raise pickle.UnpicklingError("storage views are not supported")
@@ -180,7 +185,9 @@ def _load_zip(file):
             except KeyError:
                 raise pickle.UnpicklingError(f"storage {key!r} is missing from the archive") from None
             if info.file_size != storage.numel * storage.dtype.itemsize:
-                raise pickle.UnpicklingError(f"storage {key!r} has {info.file_size} bytes, not {storage.numel} elements")
+                raise pickle.UnpicklingError(
+                    f"storage {key!r} has {info.file_size} bytes, not {storage.numel} elements"
+                )
             storage.data = np.frombuffer(archive.read(info), dtype=storage.dtype)
     return _to_arrays(result)
 

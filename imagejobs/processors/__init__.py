@@ -12,6 +12,7 @@ A processor never touches RQ: tasks.py runs it for a single job, a chunk of a ba
 and stores what it yields. Heavy libraries (matplotlib, the classifier's) are imported inside the
 processor that needs them, so the API, which reads the actions table, never loads them.
 """
+
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -54,11 +55,16 @@ class Work:
         if not downloads.is_url(image):
             return paths.resolve(settings.images_root, image)
         return downloads.download(
-            image, paths.download_folder(settings.images_root, self.job_id),
-            max_bytes=settings.max_download_mb * 1024 * 1024, max_pixels=settings.max_image_pixels,
-            connect_timeout=settings.url_connect_timeout, read_timeout=settings.url_read_timeout,
-            total_timeout=settings.url_total_timeout, max_redirects=settings.url_max_redirects,
-            allowed_networks=settings.url_networks)
+            image,
+            paths.download_folder(settings.images_root, self.job_id),
+            max_bytes=settings.max_download_mb * 1024 * 1024,
+            max_pixels=settings.max_image_pixels,
+            connect_timeout=settings.url_connect_timeout,
+            read_timeout=settings.url_read_timeout,
+            total_timeout=settings.url_total_timeout,
+            max_redirects=settings.url_max_redirects,
+            allowed_networks=settings.url_networks,
+        )
 
 
 def outcome(image: str, work: Callable[..., Any], *args) -> dict:
@@ -71,8 +77,10 @@ def outcome(image: str, work: Callable[..., Any], *args) -> dict:
         raise
     except Exception as exc:  # one image's surprise must not fail the rest of its batch
         log.exception("unexpected error on image %s", image)
-        return {"image": image, "error": f"Unexpected {type(exc).__name__} while processing this image; "
-                                            "the worker log has details."}
+        return {
+            "image": image,
+            "error": f"Unexpected {type(exc).__name__} while processing this image; the worker log has details.",
+        }
 
 
 def each_image(work: Work, operation: Callable[[Path], Any]):

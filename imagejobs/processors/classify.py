@@ -3,6 +3,7 @@
 The model loads once per process, on first use or at the classify worker's start (warm_up), and only
 there: the API and the image workers never import the classifier or its libraries.
 """
+
 import logging
 import time
 from functools import cache
@@ -18,7 +19,9 @@ def model(settings: Settings):
     """The process's one classifier (a failure is not cached: the next job tries again)."""
     from imagejobs.classifier import Classifier
 
-    return Classifier.load(settings.classifier_model, settings.classifier_labels, cache_dir=settings.classifier_cache_dir)
+    return Classifier.load(
+        settings.classifier_model, settings.classifier_labels, cache_dir=settings.classifier_cache_dir
+    )
 
 
 def warm_up(settings: Settings) -> None:
@@ -42,8 +45,9 @@ def process(work: Work) -> list[dict]:
     except ModelMissing as exc:
         return [{"image": entry["image"], "error": entry.get("error", str(exc))} for entry in entries]
     located = [entry for entry in entries if "result" in entry]
-    outcomes = classifier.classify([entry["result"] for entry in located], work.params.get("top", 5),
-                                   work.settings.max_image_pixels)
+    outcomes = classifier.classify(
+        [entry["result"] for entry in located], work.params.get("top", 5), work.settings.max_image_pixels
+    )
     for entry, found in zip(located, outcomes):
         if isinstance(found, Exception):
             del entry["result"]

@@ -1,5 +1,6 @@
 """plot: one chart of all the images (an RGB histogram of one, or a width x height scatter of many),
 kept in Redis beside the job's result; the result points at it."""
+
 import Image
 from imagejobs import files
 from imagejobs.processors import ImageJobError, Work, outcome, size
@@ -20,7 +21,9 @@ def draw(work: Work) -> str:
         entries = list(size.process(work))
         sizes = [entry["result"] for entry in entries if "result" in entry]
         if not sizes:
-            raise ImageJobError(f"None of the {len(entries)} files could be read as an image, so there is nothing to plot.")
+            raise ImageJobError(
+                f"None of the {len(entries)} files could be read as an image, so there is nothing to plot."
+            )
         png = plots.sizes_png(work.named, sizes, unreadable=len(entries) - len(sizes))
     files.save(work.redis, work.job_id, png, "image/png", work.settings.result_ttl)
     return f"/result/file?jobId={work.job_id}"

@@ -1,4 +1,5 @@
 """resize: a thumbnail of each image, written under <root>/resized/ in a folder named like its source's."""
+
 from pathlib import Path
 
 import Image
@@ -15,6 +16,13 @@ def thumbnail(work: Work, path: Path) -> dict:
     source = Image.read_size(path, max_pixels)
     extension = Image.output_extension(source["format"], params.get("format"))
     dest = paths.thumbnail_path(root, paths.relative(root, path), extension)
-    written = Image.make_thumbnail(path, dest, params.get("width", 100), params.get("height", 100),
-                                   params.get("fit", "contain"), params.get("format"), max_pixels)
+    written = Image.make_thumbnail(
+        path,
+        dest,
+        params.get("width", 100),
+        params.get("height", 100),
+        params.get("fit", "contain"),
+        params.get("format"),
+        max_pixels,
+    )
     return {"path": str(dest), **written}

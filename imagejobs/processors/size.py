@@ -1,4 +1,5 @@
 """size: each image's width, height, format and mode, read from its header alone."""
+
 import Image
 from imagejobs.processors import Work, each_image
 
