@@ -6,6 +6,7 @@ is one sentence for the user that never contains a file path.
 """
 
 import contextlib
+import io
 import math
 import os
 import re
@@ -13,7 +14,7 @@ import stat
 import struct
 import warnings
 
-from PIL import ExifTags, Image, ImageOps
+from PIL import ExifTags, Image, ImageCms, ImageMode, ImageOps
 
 
 class ImageError(Exception):
@@ -24,6 +25,10 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", 
 FORMATS = ("jpeg", "png", "webp")
 FITS = ("contain", "cover", "stretch")
 DEFAULT_MAX_PIXELS = 50_000_000
+# What one decode may allocate: the image and its decoder's buffers (see _decode_bytes).
+DEFAULT_MAX_DECODE_BYTES = 256 * 1024 * 1024
+# The largest ICC profile a thumbnail carries; a larger one is applied to the pixels instead (see _fit_profile).
+MAX_EMBEDDED_ICC = 64 * 1024
 
 # The decoders Image.open may try: the formats IMAGE_EXTENSIONS stands for, nothing more
 # (so an upload is never handed to, say, the EPS plugin, which runs Ghostscript).
@@ -43,6 +48,12 @@ _SAVE_OPTIONS = {"jpeg": {"quality": 85}, "png": {}, "webp": {"quality": 80, "me
 # (Pillow's own default for thumbnail(); visually the same as resampling the full image).
 _REDUCING_GAP = 2.0
 _SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})  # EXIF orientations that rotate by 90 degrees
+_MB = 1024 * 1024
+# TIFF tags libtiff sizes its decoding buffer by.
+_BITS_PER_SAMPLE, _COMPRESSION, _PHOTOMETRIC, _SAMPLES_PER_PIXEL, _ROWS_PER_STRIP = 258, 259, 262, 277, 278
+_TILE_WIDTH, _TILE_LENGTH = 322, 323
+_TIFF_JPEG, _TIFF_YCBCR = 7, 6
+_SRGB = ImageCms.createProfile("sRGB")
 
 
 def read_size(path, max_pixels: int) -> dict:
@@ -62,15 +73,26 @@ def output_extension(src_format, fmt) -> str:
     return _EXTENSIONS[_output_format(src_format, fmt)]
 
 
-def make_thumbnail(src, dest, width=100, height=100, fit="contain", fmt=None, max_pixels=DEFAULT_MAX_PIXELS) -> dict:
+def make_thumbnail(
+    src,
+    dest,
+    width=100,
+    height=100,
+    fit="contain",
+    fmt=None,
+    max_pixels=DEFAULT_MAX_PIXELS,
+    *,
+    max_decode_bytes=DEFAULT_MAX_DECODE_BYTES,
+) -> dict:
     """Write a thumbnail of src to dest atomically; return {"width", "height", "format"} of what was written.
 
     fit: "contain" keeps the aspect ratio inside width x height and never upscales; "cover"
     fills exactly width x height, cropping the centre; "stretch" fills it ignoring the aspect.
     fmt: one of FORMATS, or None for the source's format if it is one of them, else png.
     Only the first frame of an animation is used. The output keeps the pixels, alpha (png,
-    webp; jpeg gets a white background) and an RGB source's ICC profile; no other metadata.
-    Raises ValueError for arguments outside these choices and ImageError for a bad image.
+    webp; jpeg gets a white background) and an RGB source's ICC profile up to MAX_EMBEDDED_ICC
+    bytes (a larger one is converted to sRGB); no other metadata. The decode may take at most
+    max_decode_bytes. Raises ValueError for arguments outside these choices and ImageError for a bad image.
     """
     if fit not in FITS:
         raise ValueError(f"fit must be one of {FITS}, not {fit!r}")
@@ -79,7 +101,8 @@ def make_thumbnail(src, dest, width=100, height=100, fit="contain", fmt=None, ma
     with _opened(src, max_pixels) as img:
         out_format = _output_format(img.format, fmt)
         icc_profile = img.info.get("icc_profile") if img.mode in ("RGB", "RGBA") else None
-        thumb = _thumbnail(img, (width, height), fit)
+        thumb = _thumbnail(img, (width, height), fit, max_decode_bytes)
+        thumb, icc_profile = _fit_profile(thumb, icc_profile)
         if out_format == "jpeg":
             thumb = _flatten(thumb)
         thumb.info.clear()  # save() falls back on info: no EXIF/GPS, comments or stale keys
@@ -87,13 +110,14 @@ def make_thumbnail(src, dest, width=100, height=100, fit="contain", fmt=None, ma
         return {"width": thumb.width, "height": thumb.height, "format": _PILLOW_NAMES[out_format]}
 
 
-def open_rgb(path, max_pixels: int, min_side: int) -> Image.Image:
+def open_rgb(path, max_pixels: int, min_side: int, *, max_decode_bytes=DEFAULT_MAX_DECODE_BYTES) -> Image.Image:
     """The first frame of path decoded as an upright (EXIF-transposed) RGB image, fully loaded and
     detached from the file.
 
     A JPEG is decoded reduced (draft) as far as keeps its short side at least min_side (or
-    whole, if it is smaller than that already). Alpha is flattened onto white and 16-bit or
-    float images are scaled into 8 bits, as for thumbnails. Raises ImageError for a bad image.
+    whole, if it is smaller than that already), in at most max_decode_bytes. Alpha is flattened
+    onto white and 16-bit or float images are scaled into 8 bits, as for thumbnails. Raises
+    ImageError for a bad image.
     """
     with _opened(path, max_pixels) as img:
         try:
@@ -101,6 +125,7 @@ def open_rgb(path, max_pixels: int, min_side: int) -> Image.Image:
             if short > min_side:
                 scale = min_side / short
                 img.draft(None, (math.ceil(img.width * scale), math.ceil(img.height * scale)))
+            _check_decode_bytes(img, max_decode_bytes)
             ImageOps.exif_transpose(img, in_place=True)
             return _flatten(_to_8bit(img)).convert("RGB")  # convert() always returns a loaded copy
         except _DECODE_ERRORS as exc:
@@ -170,11 +195,97 @@ def _read_error(exc, sentence):
     return ImageError(sentence)
 
 
-def _thumbnail(img, size, fit):
+def _check_decode_bytes(img, limit):
+    """Refuse img, opened but not decoded, if its decode would allocate more than limit bytes.
+
+    max_pixels bounds the image, not what decoding it takes: a TIFF tile may be far larger
+    than the image, a progressive JPEG is held as coefficients at full size whatever draft()
+    chose, a WebP frame is decoded through canvases of its own. Called after draft().
+    """
+    needed = _decode_bytes(img)
+    if needed > limit:
+        raise ImageError(
+            f"Decoding the image would take about {math.ceil(needed / _MB):,} MB, "
+            f"more than the limit of {math.ceil(limit / _MB):,} MB (MAX_DECODE_MB)."
+        )
+
+
+def _decode_bytes(img):
+    """The bytes decoding img's first frame allocates: the image as Pillow stores it plus its decoder's
+    largest buffer. Checked against the peak RSS of decoding every format in _DECODERS with Pillow 13.
+    """
+    image = img.width * img.height * _pixel_bytes(img.mode)
+    if img.format == "WEBP":  # no tile before load(): libwebp's two RGBA canvases and the frame's bytes
+        return image + 3 * img.width * img.height * 4
+    return image + max((_tile_buffer_bytes(img, tile) for tile in img.tile), default=0)
+
+
+def _pixel_bytes(mode):
+    """Bytes per pixel Pillow stores mode in: 1 for 1, L and P; 2 for I;16; 4 for I and F and for
+    every mode of several bands (RGB is stored as RGBX, LA as LXXA)."""
+    info = ImageMode.getmode(mode)
+    return 4 if len(info.bands) > 1 else int(info.typestr[2:])
+
+
+def _tile_buffer_bytes(img, tile):
+    """The buffer img's decoder allocates for one entry of img.tile (codec, extents, offset, args)."""
+    codec, (x0, _, x1, _) = tile[0], tile[1] or (0, 0, img.width, img.height)
+    if codec == "libtiff":
+        return _libtiff_buffer_bytes(img)
+    if codec == "jpeg":
+        return _jpeg_coefficient_bytes(img)
+    return (x1 - x0) * _pixel_bytes(img.mode)  # Pillow's own decoders hold one row of their tile
+
+
+def _libtiff_buffer_bytes(img):
+    """libtiff's whole-tile (or whole-strip) buffer, which Pillow's img.tile does not show.
+
+    Pillow hands a compressed TIFF to libtiff as one tile the size of the image, but libtiff
+    decodes one TIFF tile at a time into a buffer of TileWidth x TileLength, however much
+    larger than the image it is, at the file's bits per pixel. A strip is at most the image's
+    height. YCbCr (but for JPEG-compressed) is converted through a further 4 bytes a pixel.
+    """
+    bits = max(_tiff_numbers(img, _BITS_PER_SAMPLE) or [1])
+    samples = max(len(_tiff_numbers(img, _BITS_PER_SAMPLE)), *_tiff_numbers(img, _SAMPLES_PER_PIXEL), 1)
+    if _TILE_WIDTH in img.tag_v2 or _TILE_LENGTH in img.tag_v2:
+        width = max(_tiff_numbers(img, _TILE_WIDTH) or [img.width])
+        rows = max(_tiff_numbers(img, _TILE_LENGTH) or [img.height])
+    else:
+        width, rows = img.width, min(max(_tiff_numbers(img, _ROWS_PER_STRIP) or [img.height]), img.height)
+    buffer = math.ceil(width * bits * samples / 8) * rows
+    if _TIFF_YCBCR in _tiff_numbers(img, _PHOTOMETRIC) and _TIFF_JPEG not in _tiff_numbers(img, _COMPRESSION):
+        buffer += img.width * min(rows, img.height) * 4
+    return buffer
+
+
+def _tiff_numbers(img, tag):
+    """The integer values of a TIFF tag as a list (empty if absent): a crafted file may give several."""
+    value = img.tag_v2.get(tag)
+    values = value if isinstance(value, tuple) else [value]
+    return [int(number) for number in values if isinstance(number, int)]
+
+
+def _jpeg_coefficient_bytes(img):
+    """What libjpeg buffers for a progressive JPEG: every DCT coefficient (2 bytes, 64 a block)
+    of every component at the stored size, whatever scale draft() chose. A sequential JPEG is
+    decoded a row of blocks at a time (but for one whose components come in separate scans,
+    buffered like a progressive one, which Pillow does not tell apart)."""
+    if not (img.info.get("progressive") or img.info.get("progression")):
+        return 0
+    scale = (img.decoderconfig or (1,))[0]
+    width, height = img.width * scale, img.height * scale  # the stored size, rounded up by draft()
+    h_max = max((h for _, h, _, _ in img.layer), default=1) or 1
+    v_max = max((v for _, _, v, _ in img.layer), default=1) or 1
+    mcus = math.ceil(width / (8 * h_max)) * math.ceil(height / (8 * v_max))
+    return sum(mcus * h * v * 64 * 2 for _, h, v, _ in img.layer)
+
+
+def _thumbnail(img, size, fit, max_decode_bytes):
     """Decode img at the smallest size JPEG draft() allows, upright it, and resize it to fit size."""
     try:
         orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
         img.draft(None, _draft_size(img.size, size, fit, orientation in _SWAPPING_ORIENTATIONS))
+        _check_decode_bytes(img, max_decode_bytes)  # after draft(), which lowers the cost
         # After draft() so the (cheap) transpose runs on the reduced image.
         ImageOps.exif_transpose(img, in_place=True)
         return _resize(_to_8bit(img), size, fit)
@@ -247,6 +358,21 @@ def _flatten(img):
     return background
 
 
+def _fit_profile(thumb, icc_profile):
+    """(thumb, the profile to embed): a profile over MAX_EMBEDDED_ICC bytes is applied instead.
+
+    A thumbnail is a few KB, so embedding a large profile would make it megabytes: the
+    resized pixels are converted from the profile to sRGB (what a file without a profile
+    means) and nothing is embedded. A profile ImageCms cannot use is dropped, pixels as they are.
+    """
+    if icc_profile is None or len(icc_profile) <= MAX_EMBEDDED_ICC:
+        return thumb, icc_profile
+    try:
+        return ImageCms.profileToProfile(thumb, io.BytesIO(icc_profile), _SRGB, outputMode=thumb.mode), None
+    except ImageCms.PyCMSError:
+        return thumb, None
+
+
 def _write_atomically(img, dest, out_format, icc_profile):
     """Save to a hidden temporary file beside dest, then os.replace() it onto dest.
 
@@ -269,10 +395,12 @@ def _write_atomically(img, dest, out_format, icc_profile):
         raise
 
 
-def histogram(path, max_pixels: int) -> dict[str, list[int]]:
+def histogram(path, max_pixels: int, *, max_decode_bytes=DEFAULT_MAX_DECODE_BYTES) -> dict[str, list[int]]:
     """Pixel counts per value (256 each) of the image's first frame: {"red", "green", "blue"} for
-    colour images, {"luminance"} for grayscale ones. Alpha is ignored; 16-bit values are scaled to 8."""
+    colour images, {"luminance"} for grayscale ones. Alpha is ignored; 16-bit values are scaled to 8.
+    The decode may take at most max_decode_bytes."""
     with _opened(path, max_pixels) as img:
+        _check_decode_bytes(img, max_decode_bytes)
         try:
             pixels = _to_8bit(img)
             if pixels.mode in ("L", "LA"):

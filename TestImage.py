@@ -2,16 +2,20 @@
 
 import errno
 import io
+import json
+import math
 import os
 import shutil
 import struct
+import subprocess
+import sys
 import warnings
 import zlib
 from pathlib import Path
 
 import pytest
+from PIL import GifImagePlugin, ImageFile, TiffImagePlugin
 from PIL import Image as PILImage
-from PIL import ImageFile
 
 import Image
 from Image import ImageError
@@ -24,6 +28,7 @@ PHOTOS = {  # name: (width, height, Pillow format, mode)
     "jemma.png": (375, 500, "PNG", "RGB"),
 }
 LIMIT = 50_000_000
+MB = 1024 * 1024
 NOT_AN_IMAGE = "The file is not an image Pillow can read (JPEG, PNG, WebP, GIF, BMP or TIFF)."
 CORRUPT = "The image data is truncated or corrupt."
 
@@ -235,6 +240,195 @@ def test_png_declaring_zero_width(tmp_path):
     # A PNG header with width 0 -> not an image (Pillow refuses it when opening).
     path = write(tmp_path / "zero.png", png_declaring(0, 1))
     assert image_error(Image.make_thumbnail, path, tmp_path / "t.png") == NOT_AN_IMAGE
+
+
+# --- memory one decode takes --------------------------------------------------------------------
+
+
+def deflate_zeros(size) -> bytes:
+    """A zlib stream of size zero bytes in milliseconds: one chunk (up to 4 MiB) compressed with a full
+    flush, which makes it independent of what precedes it, repeated; then the Adler-32 of zeros."""
+    chunk = math.gcd(size, 1 << 22)
+    raw = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = raw.compress(bytes(chunk)) + raw.flush(zlib.Z_FULL_FLUSH)
+    end = zlib.compressobj(9, zlib.DEFLATED, -15).flush()  # an empty final block
+    return b"\x78\xda" + block * (size // chunk) + end + struct.pack(">I", (size % 65521) << 16 | 1)
+
+
+def one_tile_tiff(size, tile, bits=(8, 8, 8), sample_format=1) -> bytes:
+    """A little-endian deflate TIFF of size whose single tile (tile = TileWidth, TileLength) is all zeros."""
+    data = deflate_zeros(tile[0] * tile[1] * sum(bits) // 8)
+    samples = len(bits)
+    tags = {  # tag: (TIFF type, 3 SHORT or 4 LONG, values)
+        256: (4, [size[0]]),  # ImageWidth
+        257: (4, [size[1]]),  # ImageLength
+        258: (3, list(bits)),  # BitsPerSample
+        259: (3, [8]),  # Compression: deflate
+        262: (3, [2 if samples == 3 else 1]),  # PhotometricInterpretation: RGB or black is zero
+        277: (3, [samples]),  # SamplesPerPixel
+        322: (4, [tile[0]]),  # TileWidth
+        323: (4, [tile[1]]),  # TileLength
+        324: (4, [0]),  # TileOffsets, set below
+        325: (4, [len(data)]),  # TileByteCounts
+        339: (3, [sample_format] * samples),  # SampleFormat: 1 unsigned, 3 float
+    }
+
+    def packed(kind, values):
+        return struct.pack(f"<{len(values)}{'H' if kind == 3 else 'I'}", *values)
+
+    extra_at = 8 + 2 + 12 * len(tags) + 4  # out-of-line values follow the IFD, the tile follows them
+    tags[324] = (4, [extra_at + sum(len(packed(*tag)) for tag in tags.values() if len(packed(*tag)) > 4)])
+    entries, extra = b"", b""
+    for tag, (kind, values) in sorted(tags.items()):
+        value = packed(kind, values)
+        if len(value) > 4:
+            value, extra = struct.pack("<I", extra_at + len(extra)), extra + value
+        entries += struct.pack("<HHI", tag, kind, len(values)) + value.ljust(4, b"\0")
+    return b"II*\0" + struct.pack("<IH", 8, len(tags)) + entries + struct.pack("<I", 0) + extra + data
+
+
+DECODING = {
+    "make_thumbnail": lambda path, **limit: Image.make_thumbnail(path, path.parent / "out" / "t.png", **limit),
+    "open_rgb": lambda path, **limit: Image.open_rgb(path, LIMIT, 256, **limit),
+    "histogram": lambda path, **limit: Image.histogram(path, LIMIT, **limit),
+}
+
+# Runs one operation in a fresh interpreter and reports its peak RSS (ru_maxrss, KiB on Linux) before and
+# after: a high-water mark, so only a process of its own shows what this one call took.
+MEASURE = """
+import json, resource, sys, time
+from pathlib import Path
+import Image
+call, path = sys.argv[1], Path(sys.argv[2])
+calls = {
+    "make_thumbnail": lambda: Image.make_thumbnail(path, path.parent / "t.png"),
+    "open_rgb": lambda: Image.open_rgb(path, 50_000_000, 256),
+    "histogram": lambda: Image.histogram(path, 50_000_000),
+}
+peak, start, message = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter(), None
+try:
+    calls[call]()
+except Image.ImageError as exc:
+    message = str(exc)
+rise = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak) / 1024
+print(json.dumps({"message": message, "seconds": time.perf_counter() - start, "rise_mb": rise}))
+"""
+
+
+@pytest.mark.parametrize("call", DECODING)
+def test_tiff_tile_larger_than_the_image_is_refused_before_decoding(tmp_path, call):
+    # Tried: a 784 KB TIFF, 7000x7000 RGB (under the 50 MP limit) whose one deflate tile is 16384x16384.
+    # Pillow hands it to libtiff as one tile covering the image, so img.tile does not show the TIFF tile;
+    # libtiff decodes a whole tile at a time. Before: each operation took ~3 s and its peak RSS rose by
+    # 962 MB (768 MiB tile buffer + 187 MiB image, RGB stored at 4 bytes a pixel), then wrote a thumbnail.
+    # Now: refused from the header in well under a second, peak RSS up by a few MB.
+    path = write(tmp_path / "tile.tif", one_tile_tiff((7000, 7000), (16384, 16384)))
+    assert path.stat().st_size < 800_000
+    with PILImage.open(path) as img:
+        assert [(tile.codec_name, tile.extents) for tile in img.tile] == [("libtiff", (0, 0, 7000, 7000))]
+        assert (img.tag_v2[322], img.tag_v2[323]) == (16384, 16384)
+    run = subprocess.run(
+        [sys.executable, "-c", MEASURE, call, str(path)], cwd=Path(__file__).parent, capture_output=True, check=True
+    )
+    measured = json.loads(run.stdout)
+    assert measured["message"] == (
+        "Decoding the image would take about 955 MB, more than the limit of 256 MB (MAX_DECODE_MB)."
+    )
+    assert measured["seconds"] < 1 and measured["rise_mb"] < 50
+    assert_only(tmp_path, "tile.tif")
+
+
+@pytest.mark.parametrize(
+    ("bits", "sample_format", "mode", "megabytes"),
+    [((8, 8, 8), 1, "RGB", 955), ((16,), 1, "I;16", 606), ((32,), 3, "F", 1211)],
+)
+def test_tiff_estimate_counts_bytes_per_pixel(tmp_path, bits, sample_format, mode, megabytes):
+    # Tried: the same 7000x7000 image with a 16384x16384 tile at 8-bit RGB, 16-bit grey and 32-bit float.
+    # Got: the tile at the file's bits per pixel (3, 2, 4 bytes) plus the image at Pillow's (4, 2, 4), so
+    # 768 + 187, 512 + 94 and 1024 + 187 MiB; nothing decoded.
+    path = write(tmp_path / "tile.tif", one_tile_tiff((7000, 7000), (16384, 16384), bits, sample_format))
+    assert Image.read_size(path, LIMIT)["mode"] == mode
+    for call in DECODING.values():
+        assert image_error(call, path) == (
+            f"Decoding the image would take about {megabytes:,} MB, more than the limit of 256 MB (MAX_DECODE_MB)."
+        )
+
+
+def test_tiff_tile_larger_than_a_small_image_still_decodes(tmp_path):
+    # Tried: 100x60 RGB in one 128x128 deflate tile of zeros (a tile past the image is legal).
+    # Got: a black 100x60 thumbnail: the estimate (16 + 48 KB) is far below the limit.
+    path = write(tmp_path / "small.tif", one_tile_tiff((100, 60), (128, 128)))
+    assert Image.make_thumbnail(path, tmp_path / "t.png", 200, 200) == {"width": 100, "height": 60, "format": "PNG"}
+    assert opened(tmp_path / "t.png").getextrema() == ((0, 0), (0, 0), (0, 0))
+    assert Image.histogram(path, LIMIT)["red"][0] == 6000
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt", "megabytes"),
+    [("L", "PNG", None), ("I;16", "PNG", 3), ("I;16", "TIFF", 3), ("F", "TIFF", 6), ("RGB", "PNG", 6)],
+)
+def test_estimate_counts_the_bytes_per_pixel_of_the_mode(tmp_path, mode, fmt, megabytes):
+    # Tried: 1200x1200 images (1.44 million pixels each) under a limit of 2 MiB. Got: 8-bit grey (1 byte a
+    # pixel, 1.4 MiB) decodes; 16-bit grey (2 bytes, 2.8 MiB) and float or RGB (4 bytes: Pillow stores RGB
+    # as RGBX, 5.5 MiB) are refused, whether PNG, libtiff (deflate) or Pillow's raw TIFF decoder reads them.
+    options = {"compression": "tiff_deflate"} if (mode, fmt) == ("I;16", "TIFF") else {}
+    path = write(tmp_path / f"a.{fmt.lower()}", encode(PILImage.new(mode, (1200, 1200)), fmt, **options))
+    assert opened(path).mode == mode
+    if megabytes is None:
+        assert Image.histogram(path, LIMIT, max_decode_bytes=2 * MB)["luminance"][0] == 1200 * 1200
+        return
+    for call in DECODING.values():
+        assert image_error(call, path, max_decode_bytes=2 * MB) == (
+            f"Decoding the image would take about {megabytes} MB, more than the limit of 2 MB (MAX_DECODE_MB)."
+        )
+
+
+@pytest.mark.parametrize("name", PHOTOS)
+def test_real_photos_decode_within_the_default_limit(tmp_path, name):
+    assert Image.make_thumbnail(TESTDATA / name, tmp_path / "t.png", fmt="png")["format"] == "PNG"
+    assert Image.open_rgb(TESTDATA / name, LIMIT, 10_000).size == PHOTOS[name][:2]
+    assert len(Image.histogram(TESTDATA / name, LIMIT)["red"]) == 256
+
+
+def test_a_tiny_limit_refuses_a_real_photo_after_draft(tmp_path):
+    # Tried: CogentLabs.jpg (1996x830, baseline) under a limit of 1 MiB. Got: a 100x100 thumbnail is fine
+    # (draft() decodes it at 1/8, 250x104: 0.1 MB), but the full decode (6.3 MiB) a histogram, open_rgb
+    # asked for 1000 px or a thumbnail too large to draft need is refused, and nothing is written.
+    photo = TESTDATA / "CogentLabs.jpg"
+    assert Image.make_thumbnail(photo, tmp_path / "t.jpg", max_decode_bytes=MB)["width"] == 100
+    sentence = "Decoding the image would take about 7 MB, more than the limit of 1 MB (MAX_DECODE_MB)."
+    assert image_error(Image.histogram, photo, LIMIT, max_decode_bytes=MB) == sentence
+    assert image_error(Image.open_rgb, photo, LIMIT, 1000, max_decode_bytes=MB) == sentence
+    assert image_error(Image.make_thumbnail, photo, tmp_path / "u.jpg", 2000, 2000, max_decode_bytes=MB) == sentence
+    assert_only(tmp_path, "t.jpg")
+
+
+def test_progressive_jpeg_counts_its_coefficients_at_full_size(tmp_path, monkeypatch):
+    # Tried: a 2000x2000 JPEG, 4:4:4, baseline and progressive, to a 100x100 thumbnail under 8 MiB.
+    # Got: baseline is decoded at 1/8 (250x250, 0.25 MB); progressive is refused: libjpeg holds all its
+    # DCT coefficients (3 components x 2 bytes a pixel, 23 MiB) at full size whatever draft() chose.
+    source = halves("RGB", "red", "blue", (2000, 2000))
+    baseline = write(tmp_path / "baseline.jpg", encode(source, "JPEG", subsampling=0))
+    progressive = write(tmp_path / "progressive.jpg", encode(source, "JPEG", subsampling=0, progressive=True))
+    sizes = decoded_sizes(monkeypatch)
+    assert Image.make_thumbnail(baseline, tmp_path / "t.jpg", max_decode_bytes=8 * MB)["width"] == 100
+    assert image_error(Image.make_thumbnail, progressive, tmp_path / "u.jpg", max_decode_bytes=8 * MB) == (
+        "Decoding the image would take about 24 MB, more than the limit of 8 MB (MAX_DECODE_MB)."
+    )
+    assert sizes == [(250, 250)]  # the progressive one was never decoded
+    assert Image.make_thumbnail(progressive, tmp_path / "u.jpg")["width"] == 100  # fine under the default
+
+
+def test_webp_counts_its_decoders_canvases(tmp_path):
+    # Tried: 1000x1000 as PNG and as WebP under 8 MiB. Got: the PNG (4 MB) decodes; the WebP is refused,
+    # as libwebp decodes through two RGBA canvases and Pillow copies the frame: 16 bytes a pixel in all.
+    source = PILImage.new("RGB", (1000, 1000), "red")
+    png = write(tmp_path / "a.png", encode(source, "PNG"))
+    webp = write(tmp_path / "a.webp", encode(source, "WEBP"))
+    assert Image.histogram(png, LIMIT, max_decode_bytes=8 * MB)["red"][255] == 1_000_000
+    assert image_error(Image.histogram, webp, LIMIT, max_decode_bytes=8 * MB) == (
+        "Decoding the image would take about 16 MB, more than the limit of 8 MB (MAX_DECODE_MB)."
+    )
 
 
 # --- fits and sizes -----------------------------------------------------------------------------
@@ -477,6 +671,30 @@ def test_animation_uses_its_first_frame(tmp_path, fmt):
     assert red > 245 and green < 10 and blue < 10
 
 
+@pytest.mark.parametrize("fmt", ["GIF", "TIFF"])
+def test_many_frames_only_the_first_is_read(tmp_path, monkeypatch, fmt):
+    # Tried: a 300-frame GIF and a 300-page TIFF (red first, then green and blue by turns) through each
+    # operation, with n_frames (and GIF's is_animated) made to fail and every seek recorded. Got: the red
+    # first frame, one decode each, no frame but 0 ever sought: the other 299 are neither decoded nor counted.
+    frames = [PILImage.new("RGB", (64, 64), colour) for colour in ["red"] + ["lime", "blue"] * 149 + ["lime"]]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, fmt, save_all=True, append_images=frames[1:])
+    path = write(tmp_path / f"frames.{fmt.lower()}", buffer.getvalue())
+    with PILImage.open(path) as img:
+        assert img.n_frames == 300
+    plugin = GifImagePlugin.GifImageFile if fmt == "GIF" else TiffImagePlugin.TiffImageFile
+    for name in ("n_frames", "is_animated") if fmt == "GIF" else ("n_frames",):  # TIFF sets is_animated itself
+        monkeypatch.setattr(plugin, name, property(lambda img: pytest.fail("frames were counted")))
+    sought, seek = [], plugin._seek
+    monkeypatch.setattr(plugin, "_seek", lambda img, frame, *args: sought.append(frame) or seek(img, frame, *args))
+    sizes = decoded_sizes(monkeypatch)
+    Image.make_thumbnail(path, tmp_path / "t.png", 32, 32)
+    assert Image.open_rgb(path, LIMIT, 64).getpixel((0, 0)) == (255, 0, 0)
+    assert Image.histogram(path, LIMIT)["red"][255] == 64 * 64
+    assert sizes == [(64, 64)] * 3 and set(sought) == {0}
+    assert opened(tmp_path / "t.png").convert("RGB").getpixel((16, 16)) == (255, 0, 0)
+
+
 # --- formats and extensions ---------------------------------------------------------------------
 
 
@@ -627,3 +845,102 @@ def test_metadata_is_stripped_but_the_icc_profile_kept(tmp_path):
         thumb = opened(tmp_path / f"t.{fmt}")
         assert thumb.info.get("icc_profile") == icc
         assert not thumb.getexif() and "comment" not in thumb.info
+
+
+# --- ICC profiles -------------------------------------------------------------------------------
+
+
+def icc_swapping_red_and_blue(padding=0) -> bytes:
+    """A valid ICC v2 RGB display profile (matrix and gamma 2.2 curves) whose red and blue colorants are
+    sRGB's blue and red, so converting it to sRGB turns red into blue; padding adds a private tag of that
+    many bytes, as large profiles carry (ImageCms ignores it)."""
+
+    def number(value):  # s15Fixed16Number
+        return struct.pack(">i", round(value * 65536))
+
+    def xyz(x, y, z):
+        return b"XYZ \0\0\0\0" + number(x) + number(y) + number(z)
+
+    name = b"swapped red and blue\0"
+    curve = b"curv\0\0\0\0" + struct.pack(">IH", 1, 0x0233)  # one entry: gamma 2.2 in u8Fixed8
+    tags = [
+        (b"desc", b"desc\0\0\0\0" + struct.pack(">I", len(name)) + name + bytes(78)),
+        (b"wtpt", xyz(0.9642, 1.0, 0.8249)),  # D50
+        (b"cprt", b"text\0\0\0\0none\0"),
+        (b"rXYZ", xyz(0.1431, 0.0606, 0.7141)),  # sRGB's blue, adapted to D50
+        (b"gXYZ", xyz(0.3851, 0.7169, 0.0971)),
+        (b"bXYZ", xyz(0.4361, 0.2225, 0.0139)),  # sRGB's red
+        (b"rTRC", curve),
+        (b"gTRC", curve),
+        (b"bTRC", curve),
+    ] + ([(b"zpad", b"data\0\0\0\0" + struct.pack(">I", 1) + bytes(padding))] if padding else [])
+    table, data = struct.pack(">I", len(tags)), b""
+    for signature, body in tags:
+        body += bytes(-len(body) % 4)  # tags start on 4-byte boundaries
+        table += signature + struct.pack(">II", 128 + 4 + 12 * len(tags) + len(data), len(body))
+        data += body
+    header = struct.pack(">I4xI", 128 + len(table) + len(data), 0x02100000) + b"mntrRGB XYZ " + bytes(12)
+    header += b"acsp" + bytes(28) + number(0.9642) + number(1.0) + number(0.8249)  # PCS illuminant, D50
+    return header.ljust(128, b"\0") + table + data
+
+
+def near(pixel, expected, tolerance=12) -> bool:
+    return all(abs(a - b) <= tolerance for a, b in zip(pixel, expected))
+
+
+def test_large_junk_icc_profile_is_dropped(tmp_path):
+    # Tried: castle_image.jpg re-encoded with 4 MiB of random bytes as its ICC profile, to 64x64 thumbnails.
+    # Before: each thumbnail was 4.2 MB (jpeg 4,197,179, png 4,201,209, webp 4,195,618 bytes) carrying the
+    # profile; Pillow could not even reopen the png (iCCP over MAX_TEXT_CHUNK). Now: ImageCms cannot read it,
+    # so it is dropped: the same bytes as from the photo without a profile, a few KB, no profile.
+    with PILImage.open(TESTDATA / "castle_image.jpg") as photo:
+        junk = write(tmp_path / "junk.jpg", encode(photo, "JPEG", quality=90, icc_profile=os.urandom(4 * MB)))
+        plain = write(tmp_path / "plain.jpg", encode(photo, "JPEG", quality=90))
+    assert len(opened(junk).info["icc_profile"]) == 4 * MB
+    for fmt in Image.FORMATS:
+        Image.make_thumbnail(junk, tmp_path / f"junk.{fmt}", 64, 64, fmt=fmt)
+        Image.make_thumbnail(plain, tmp_path / f"plain.{fmt}", 64, 64, fmt=fmt)
+        thumbnail = (tmp_path / f"junk.{fmt}").read_bytes()
+        assert len(thumbnail) < 10_000 and thumbnail == (tmp_path / f"plain.{fmt}").read_bytes()
+        assert "icc_profile" not in opened(tmp_path / f"junk.{fmt}").info
+
+
+def test_large_valid_icc_profile_is_applied_to_the_pixels(tmp_path):
+    # Tried: red | lime halves tagged with a valid 4 MiB profile whose red colorant is sRGB's blue (a JPEG),
+    # and red | transparent as RGBA (a lossless WebP: Pillow reads no PNG profile over 1 MB). Got: thumbnails
+    # of a few KB without a profile, converted to sRGB (red shows as the blue it stands for; alpha kept, or
+    # the transparent half white in a jpeg).
+    icc = icc_swapping_red_and_blue(padding=4 * MB)
+    assert len(icc) > 4 * MB
+    rgb = write(tmp_path / "rgb.jpg", encode(halves("RGB", "red", "lime"), "JPEG", quality=95, icc_profile=icc))
+    rgba_source = halves("RGBA", (255, 0, 0, 255), (0, 0, 0, 0))
+    rgba = write(tmp_path / "rgba.webp", encode(rgba_source, "WEBP", lossless=True, icc_profile=icc))
+    for fmt in Image.FORMATS:
+        Image.make_thumbnail(rgb, tmp_path / f"rgb.{fmt}", 32, 32, fmt=fmt)
+        Image.make_thumbnail(rgba, tmp_path / f"rgba.{fmt}", 32, 32, fmt=fmt)
+        for name in ("rgb", "rgba"):
+            assert (tmp_path / f"{name}.{fmt}").stat().st_size < 10_000
+            assert "icc_profile" not in opened(tmp_path / f"{name}.{fmt}").info
+        thumb = opened(tmp_path / f"rgb.{fmt}")
+        assert near(thumb.getpixel((4, 16)), (0, 0, 255)) and near(thumb.getpixel((28, 16)), (0, 255, 0))
+        thumb = opened(tmp_path / f"rgba.{fmt}").convert("RGBA")
+        assert near(thumb.getpixel((4, 16)), (0, 0, 255, 255))
+        if fmt == "jpeg":
+            assert near(thumb.getpixel((28, 16)), (255, 255, 255, 255))
+        else:
+            assert thumb.getpixel((28, 16))[3] == 0
+
+
+def test_icc_profile_up_to_the_limit_is_embedded_above_it_applied(tmp_path, monkeypatch):
+    # Tried: the same small (496-byte) swapped profile with MAX_EMBEDDED_ICC at its size, then one byte less.
+    # Got: at the limit it is embedded and the pixels stay red; above it they are converted to blue, no profile.
+    icc = icc_swapping_red_and_blue()
+    path = write(tmp_path / "red.png", encode(PILImage.new("RGB", (16, 16), "red"), "PNG", icc_profile=icc))
+    monkeypatch.setattr(Image, "MAX_EMBEDDED_ICC", len(icc))
+    Image.make_thumbnail(path, tmp_path / "kept.png", 8, 8)
+    kept = opened(tmp_path / "kept.png")
+    assert kept.info["icc_profile"] == icc and kept.getpixel((4, 4)) == (255, 0, 0)
+    monkeypatch.setattr(Image, "MAX_EMBEDDED_ICC", len(icc) - 1)
+    Image.make_thumbnail(path, tmp_path / "applied.png", 8, 8)
+    applied = opened(tmp_path / "applied.png")
+    assert "icc_profile" not in applied.info and near(applied.getpixel((4, 4)), (0, 0, 255), 2)
