@@ -20,11 +20,18 @@ ENV PYTHONUNBUFFERED=1 \
 WORKDIR /ImageResize
 
 # Non-root user and the two writable folders; nothing else under /ImageResize
-# is writable by it (the code stays owned by root).
-RUN groupadd --gid "${APP_GID}" app \
-    && useradd --no-log-init --uid "${APP_UID}" --gid app --create-home --shell /usr/sbin/nologin app \
-    && mkdir -p /ImageResize/images /ImageResize/logs \
-    && chown app:app /ImageResize/images /ImageResize/logs
+# is writable by it (the code stays owned by root). --non-unique: the host
+# owner's ids may already name a user or group of the base image (gid 100,
+# "users", is common). /run/imagejobs-secrets is
+# where docker-compose.yml mounts the volume holding Redis's password: a new
+# named volume takes this folder's owner and mode (app, 0750) at its first
+# mount, so the redis-password service, running as app, can write there and
+# only app's user and group (which the redis service is given) can read it.
+RUN groupadd --non-unique --gid "${APP_GID}" app \
+    && useradd --no-log-init --non-unique --uid "${APP_UID}" --gid app --create-home --shell /usr/sbin/nologin app \
+    && mkdir -p /ImageResize/images /ImageResize/logs /run/imagejobs-secrets \
+    && chown app:app /ImageResize/images /ImageResize/logs /run/imagejobs-secrets \
+    && chmod 0750 /run/imagejobs-secrets
 
 # Dependencies first so that code changes do not reinstall them.
 COPY requirements-core.txt .

@@ -5,7 +5,7 @@ worker run code. Connections retry with backoff, so a Redis restart is ridden ou
 """
 
 from functools import cache
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from redis import Redis
 from redis.backoff import ExponentialBackoff
@@ -30,15 +30,29 @@ class RedisNotConfigured(RuntimeError):
 
 
 def redis_url(configured: Settings = settings) -> str:
-    """REDIS_URL, once it is set (and has a password, when REQUIRE_REDIS_AUTH asks for one)."""
-    if not configured.redis_url:
+    """REDIS_URL, with the password from REDIS_PASSWORD_FILE when the URL has none; refused when unset, or
+    without a password when REQUIRE_REDIS_AUTH asks for one."""
+    url = configured.redis_url
+    if not url:
         raise RedisNotConfigured(
             "REDIS_URL is not set: start the service with `python run.py`, which starts an embedded Redis, "
             "or set REDIS_URL"
         )
-    if configured.require_redis_auth and not urlsplit(configured.redis_url).password:
-        raise RedisNotConfigured(f"REQUIRE_REDIS_AUTH is set but REDIS_URL ({configured.redis_url}) has no password")
-    return configured.redis_url
+    parts = urlsplit(url)
+    if configured.redis_password_file and parts.password is None:
+        url = urlunsplit(
+            parts._replace(netloc=f":{quote(_password(configured.redis_password_file), safe='')}@{parts.netloc}")
+        )
+    if configured.require_redis_auth and not urlsplit(url).password:
+        raise RedisNotConfigured(f"REQUIRE_REDIS_AUTH is set but REDIS_URL ({url}) has no password")
+    return url
+
+
+def _password(path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise RedisNotConfigured(f"REDIS_PASSWORD_FILE {path} cannot be read ({exc.strerror})") from None
 
 
 def redacted(url: str) -> str:
@@ -49,10 +63,12 @@ def redacted(url: str) -> str:
     return url.replace(f":{parts.password}@", ":***@", 1)
 
 
-def connect(configured: Settings) -> Redis:
-    """A Redis client (a thread-safe pool) for these settings. The password comes from the URL."""
+def connect(configured: Settings, max_connections: int | None = None) -> Redis:
+    """A Redis client (a thread-safe pool of at most max_connections, redis-py's 100 by default) for these
+    settings. The password comes from the URL."""
     return Redis.from_url(
         redis_url(configured),
+        max_connections=max_connections,
         socket_connect_timeout=2,
         socket_timeout=SOCKET_TIMEOUT,
         health_check_interval=15,

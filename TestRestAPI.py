@@ -203,7 +203,7 @@ def test_batch_progress_while_it_runs(folder, images_root, redis_url):
         copy_sample(PHOTO, folder / f"p{index}.jpg")
     images = [rel(folder / f"p{index}.jpg", images_root) for index in range(10)]
     unserved = dataclasses.replace(ACTIONS["size"], queue="progress-test")
-    job = batch.enqueue(connection(), settings, unserved, images, {}, jobs.new_job_id())
+    job = batch.enqueue(jobs.Submission(connection(), settings, "anonymous"), unserved, images, {}, jobs.new_job_id())
     status, body = answers.describe(connection(), jobs.fetch(connection(), job.id, settings.result_ttl))
     assert status == 202 and body["status"] == "queued"
     assert body["progress"] == {"done": 0, "failed": 0, "total": 10}

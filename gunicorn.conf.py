@@ -1,49 +1,70 @@
 """gunicorn settings for the API: `gunicorn -c gunicorn.conf.py RestAPI:app` (the same command in the
 container, in run.py and in the end-to-end tests).
 
-Threads matter more than processes here: a `GET /result?wait=30` holds its thread in a blocking Redis
-read, so each process serves many requests at once with the gthread worker.
+The worker class is gevent: each connection is a greenlet of a few KB, not a thread, so clients that
+send half a request and stop, or hold `GET /result?wait=30` open, cost memory but never the service's
+ability to answer others (with gthread, 2 processes x 16 threads, 34 such clients stopped every route:
+bench/slow_clients.py gives the figures). gevent makes redis-py's blocking reads cooperative.
+API_CONNECTIONS bounds the connections each process holds at once, and the Redis connections it may open
+(a wait holds one for its length).
 """
 
+import logging
 import os
 import tempfile
 
 from imagejobs.config import settings
 
 bind = f"{settings.listen_host}:{settings.port}"
-workers = int(os.environ.get("API_PROCESSES", "2"))
-worker_class = "gthread"
-threads = int(os.environ.get("API_THREADS", "16"))
+workers = settings.api_processes
+worker_class = "gevent"
+worker_connections = settings.api_connections
 timeout = 60  # > the longest wait a request may ask for (30 s)
 graceful_timeout = 20  # SIGTERM: in-flight requests get this long to finish
 keepalive = 5
-limit_request_line = 8190  # gunicorn's most; past it gunicorn itself answers 414 (the one non-JSON error)
-accesslog = None  # RestAPI logs one line per request itself
+limit_request_line = 8190  # gunicorn's most; past it gunicorn itself answers 414
+accesslog = None  # the app logs one line per request itself
 errorlog = "-"
+loglevel = "warning"  # gunicorn's own start-up lines (its URL among them) would repeat what the service says
+control_socket_disable = True  # gunicorn's runtime control socket (in $HOME by default): the service uses none
 
 # Counters of several processes add up only through files in a shared folder (prometheus_client's multiprocess mode).
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="imageapi-metrics-"))
 os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 
 
+def on_starting(server):
+    """Refuse to start (one line) on folders the API cannot write; log like every other process."""
+    from imagejobs import startup
+    from log import setup_logging
+
+    try:
+        startup.check_writable([settings.images_root, settings.logs_dir])
+    except startup.CannotStart as exc:
+        raise SystemExit(f"api: {exc}") from None
+    setup_logging("api")
+
+
 def when_ready(server):
     """Say at start who can reach the API."""
+    log = logging.getLogger("api")
     if settings.tokens:
-        server.log.info("API_TOKENS set: every route but /health needs a bearer token; listening on %s", bind)
+        log.info("API_TOKENS set: every route but /, /actions and /health needs a bearer token; listening on %s", bind)
     elif settings.listen_host in ("127.0.0.1", "::1", "localhost"):
-        server.log.info(
-            "No API_TOKENS: listening on %s only; set API_TOKENS (and BIND_HOST) to serve other machines", bind
-        )
+        log.info("No API_TOKENS: listening on %s only; set API_TOKENS (and BIND_HOST) to serve other machines", bind)
     else:
-        server.log.warning(
-            "No API_TOKENS but BIND_HOST=%s: anyone who reaches %s can use the API", settings.listen_host, bind
-        )
+        log.warning("No API_TOKENS but BIND_HOST=%s: anyone who reaches %s can use the API", settings.listen_host, bind)
 
 
 def post_worker_init(worker):
+    """In each worker, once gevent has patched it and the app is loaded: the log, and gunicorn's own
+    answers to malformed HTTP (a request line or headers too long, bad framing) in JSON, as every other
+    error of the service is. (Nothing of the app may be imported before: gevent patches first.)"""
+    from imagejobs.api import server_errors
     from log import setup_logging
 
     setup_logging("api")
+    server_errors.install()
 
 
 def child_exit(server, worker):

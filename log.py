@@ -27,10 +27,10 @@ def escape(text: str) -> str:
 
 
 def _current_job():
-    """The RQ job this worker runs now, if any (None in the API)."""
-    from rq import get_current_job
-
-    return get_current_job()
+    """The RQ job this worker runs now, if any (None in the API). A process that has not imported rq runs no
+    job, and logging must not import it (and redis) there: gunicorn's master logs before gevent patches."""
+    rq = sys.modules.get("rq")
+    return rq.get_current_job() if rq is not None else None
 
 
 class _ContextFilter(logging.Filter):

@@ -16,6 +16,7 @@ from rq import Worker
 
 from imagejobs.config import settings
 from imagejobs.processors import classify
+from imagejobs.startup import CannotStart, check_writable
 from imagejobs.worker import MAINTENANCE_INTERVAL, WORKER_TTL, ImageWorker, TrustedJob
 from log import setup_logging
 from RedisConfig import CLASSIFY_QUEUE, QUEUE_NAMES, SERIALIZER, RedisNotConfigured, connection, queue
@@ -39,6 +40,10 @@ def main(argv=None) -> int:
         return 0 if healthy() else 1
     if not args.queues or not set(args.queues) <= set(QUEUE_NAMES):
         parser.error(f"name the queues to serve, among: {', '.join(QUEUE_NAMES)}")
+    try:  # before anything writes there (the log file first): one clear line instead of a PermissionError later
+        check_writable([settings.images_root, settings.logs_dir])
+    except CannotStart as exc:
+        sys.exit(f"worker: {exc}")
     service = "classifier" if args.queues == ["classify"] else "worker"
     log = setup_logging(service)
     logging.getLogger("rq.worker").setLevel(logging.WARNING)  # RQ logs several lines per job; ours log one

@@ -24,6 +24,7 @@ import psutil
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RESULTS = BENCH / "results.jsonl"
+TESTDATA = ROOT / "testdata"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # embedded_redis, for the Redis servers we start ourselves
 
@@ -235,6 +236,7 @@ class Service:
         workers: int,
         env: dict | None = None,
         classifier: bool = False,
+        root: Path = ROOT,
     ):
         self.port = embedded_redis.free_port()
         Path(workdir).mkdir(parents=True, exist_ok=True)
@@ -244,7 +246,7 @@ class Service:
         self.lines: list[str] = []
         self.notable: list[str] = []  # worker restarts, tracebacks, ERROR lines (the first MAX_NOTABLE)
         self.notable_count = 0
-        command = [sys.executable, str(ROOT / "run.py"), "--port", str(self.port), "--workers", str(workers)]
+        command = [sys.executable, str(root / "run.py"), "--port", str(self.port), "--workers", str(workers)]
         if not classifier:
             command.append("--no-classifier")
         self.process = subprocess.Popen(
@@ -288,8 +290,9 @@ def service(
     env: dict | None = None,
     classifier: bool = False,
     ready_timeout: float = 60,
+    root: Path = ROOT,
 ):
-    running = Service(workdir, images_dir, logs_dir, workers, env, classifier=classifier)
+    running = Service(workdir, images_dir, logs_dir, workers, env, classifier=classifier, root=root)
     try:
         started = time.perf_counter()
         url = running.wait_ready(ready_timeout)

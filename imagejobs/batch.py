@@ -31,7 +31,6 @@ from rq.job import Job, JobStatus
 
 from imagejobs import jobs, tasks
 from imagejobs.actions import ACTIONS, Action
-from imagejobs.config import Settings
 from imagejobs.config import settings as worker_settings
 from RedisConfig import SERIALIZER, queue
 
@@ -58,15 +57,16 @@ def chunk_size(total: int, workers: int, most: int) -> int:
     return max(1, min(most, max(MIN_CHUNK, per_chunk)))
 
 
-def enqueue(redis: Redis, settings: Settings, action: Action, images: list[str], params: dict, job_id: str) -> Job:
+def enqueue(submission: jobs.Submission, action: Action, images: list[str], params: dict, job_id: str) -> Job:
     """The batch job (created, not yet queued), its record and its chunks (queued), written in one transaction."""
+    redis, settings = submission.redis, submission.settings
     q = queue(action.queue, redis)
     size = chunk_size(len(images), Worker.count(connection=redis, queue=q), settings.chunk_size)
     batch_job = q.create_job(
         finish,
         args=(job_id, images),
         status=JobStatus.CREATED,
-        **jobs.options(settings, job_id, action.name, jobs.BATCH, tasks.on_failure, total=len(images)),
+        **jobs.options(submission, job_id, action.name, jobs.BATCH, tasks.on_failure, total=len(images)),
     )
     batch_job.origin = q.name
     chunks = [
@@ -74,7 +74,7 @@ def enqueue(redis: Redis, settings: Settings, action: Action, images: list[str],
             run_chunk,
             (job_id, action.name, number, start, images[start : start + size], params),
             **jobs.options(
-                settings, f"{job_id}-{number}", action.name, jobs.CHUNK, on_chunk_failure, batch=job_id, chunk=number
+                submission, f"{job_id}-{number}", action.name, jobs.CHUNK, on_chunk_failure, batch=job_id, chunk=number
             ),
         )
         for number, start in enumerate(range(0, len(images), size))

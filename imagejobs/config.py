@@ -1,10 +1,14 @@
 """The service's settings, read once from the environment (the same names in every mode)."""
 
+import hashlib
+import re
 from functools import cached_property
 from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+CLIENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
 
 
 class Settings(BaseSettings):
@@ -13,16 +17,28 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(frozen=True)
 
     redis_url: str | None = None
+    redis_password_file: Path | None = Field(
+        None, description="a file holding Redis's password, for a REDIS_URL without one (compose makes it)"
+    )
     images_dir: Path = Path("images")
     logs_dir: Path = Path("logs")
     result_ttl: int = Field(500, ge=1)
     port: int = Field(5000, ge=1, le=65535)
     bind_host: str | None = Field(None, description="default: 127.0.0.1 without API_TOKENS, all interfaces with them")
     api_tokens: str | None = Field(
-        None, description="comma-separated bearer tokens, or the path of a file holding them"
+        None,
+        description="comma-separated name:token pairs (or bare tokens), or the path of a file of them, one a line",
     )
     require_redis_auth: bool = False
+    dashboard_clients: str = Field(
+        "", description="with API_TOKENS: the comma-separated names of the clients that may use the RQ dashboard"
+    )
+    api_processes: int = Field(2, ge=1, description="the API's gunicorn worker processes")
+    api_connections: int = Field(
+        2000, ge=10, description="connections each API process holds at once (and Redis connections it may open)"
+    )
     max_image_pixels: int = Field(50_000_000, ge=1)
+    max_decode_mb: int = Field(256, ge=1, description="memory one image's decode may take (tiles, bit depth, frames)")
     max_upload_mb: int = Field(200, ge=1)
     max_upload_files: int = Field(1000, ge=1)
     max_folder_images: int = Field(20_000, ge=1)
@@ -40,14 +56,43 @@ class Settings(BaseSettings):
     job_timeout: int = Field(600, ge=1, description="seconds one job (one image or one chunk) may run")
     job_retries: int = Field(2, ge=0, description="re-runs of a job whose worker died")
     chunk_size: int = Field(32, ge=1, description="most images in one job of a batch")
+    input_ttl: int | None = Field(
+        None, ge=1, description="seconds uploads and downloaded URLs are kept after their job; default RESULT_TTL + 1 h"
+    )
 
     @cached_property
-    def tokens(self) -> tuple[str, ...]:
-        """The accepted bearer tokens: API_TOKENS as a comma list, or read from the file it names."""
+    def clients(self) -> dict[str, str]:
+        """Each accepted bearer token and the name of the client it stands for, from API_TOKENS (a comma list,
+        or the file it names, one entry a line). An entry is `name:token`, or a bare token, which is a client
+        of its own named after a short hash of it. Several tokens may share a name (while one is rotated)."""
         text = self.api_tokens or ""
         if text and Path(text).is_file():
             text = Path(text).read_text().replace("\n", ",")
-        return tuple(token.strip() for token in text.split(",") if token.strip())
+        clients = {}
+        for entry in filter(None, (item.strip() for item in text.split(","))):
+            name, colon, token = entry.partition(":")
+            if not (colon and CLIENT_NAME.fullmatch(name) and token.strip()):
+                name, token = f"client-{hashlib.sha256(entry.encode()).hexdigest()[:8]}", entry
+            clients[token.strip()] = name
+        return clients
+
+    @cached_property
+    def dashboard_names(self) -> frozenset[str]:
+        return frozenset(name.strip() for name in self.dashboard_clients.split(",") if name.strip())
+
+    @cached_property
+    def tokens(self) -> tuple[str, ...]:
+        """The accepted bearer tokens."""
+        return tuple(self.clients)
+
+    @cached_property
+    def max_decode_bytes(self) -> int:
+        return self.max_decode_mb * 1024 * 1024
+
+    @cached_property
+    def inputs_ttl(self) -> int:
+        """Seconds an upload or a download is kept once its job has ended (INPUT_TTL)."""
+        return self.input_ttl or self.result_ttl + 3600
 
     def check(self) -> None:
         """Raise ValueError on a setting that parses only when used (a malformed ALLOWED_URL_NETWORKS), so a

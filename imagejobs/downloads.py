@@ -117,8 +117,9 @@ def classify(ip: IPAddress) -> str | None:
 
 
 def is_url(text: str) -> bool:
-    """Whether an image's name is a URL to download rather than a path under the images root."""
-    return text.startswith(("http://", "https://"))
+    """Whether an image's name is a URL to download rather than a path under the images root: the one
+    definition the API and the workers share (a scheme is case-insensitive: HTTP:// is a URL too)."""
+    return text[:8].lower().startswith(("http://", "https://"))
 
 
 def validate_url(url: str) -> str:

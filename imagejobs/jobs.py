@@ -7,6 +7,7 @@ The job a user sees is a *single* job (one image, or a plot over several: tasks.
 
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from redis import Redis
 from rq import Callback, Queue, Retry
@@ -24,8 +25,19 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
-def options(settings: Settings, job_id: str, action: str, kind: str, on_failure: Callable, **meta) -> dict:
-    """Every job of ours is kept RESULT_TTL, retried when its worker dies and explained when it fails."""
+@dataclass(frozen=True)
+class Submission:
+    """What every enqueue needs besides the job itself: where to, under which settings, and for whom."""
+
+    redis: Redis
+    settings: Settings
+    client: str  # the name of the client the job belongs to (clients.py)
+
+
+def options(submission: Submission, job_id: str, action: str, kind: str, on_failure: Callable, **meta) -> dict:
+    """Every job of ours is kept RESULT_TTL, retried when its worker dies, explained when it fails, and
+    belongs to the client that submitted it."""
+    settings = submission.settings
     return {
         "job_id": job_id,
         "result_ttl": settings.result_ttl,
@@ -33,7 +45,7 @@ def options(settings: Settings, job_id: str, action: str, kind: str, on_failure:
         "timeout": settings.job_timeout,
         "retry": Retry(max=settings.job_retries) if settings.job_retries else None,
         "on_failure": Callback(on_failure),
-        "meta": {"action": action, "kind": kind, **meta},
+        "meta": {"action": action, "kind": kind, "client": submission.client, **meta},
     }
 
 
@@ -68,14 +80,15 @@ class JobNotFound(LookupError):
     pass
 
 
-def fetch(redis: Redis, job_id: str, result_ttl: int) -> Job:
-    """The user's job (a single or batch job; chunks are internal), or JobNotFound once it expired."""
+def fetch(redis: Redis, job_id: str, result_ttl: int, owned: Callable[[Job], bool] = lambda job: True) -> Job:
+    """The user's job (a single or batch job; chunks are internal) if `owned` says it is theirs; else, as
+    once it expired, JobNotFound, with the same sentence whether the job is someone else's or none at all."""
     try:
         job = Job.fetch(job_id, connection=redis, serializer=SERIALIZER)
     except (NoSuchJobError, ValueError):  # ValueError: not even a well-formed job id
         raise gone(job_id, result_ttl) from None
-    if job.meta.get("kind") not in (SINGLE, BATCH):
-        raise JobNotFound(f"No job {job_id!r}.")
+    if job.meta.get("kind") not in (SINGLE, BATCH) or not owned(job):
+        raise gone(job_id, result_ttl)
     return job
 
 

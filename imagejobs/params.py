@@ -48,9 +48,9 @@ class Source(Params):
             value = value.strip()
             if value.startswith("["):
                 try:
-                    return json.loads(value)
-                except ValueError:
-                    raise ValueError("imageUrl looks like a JSON list but is not valid JSON") from None
+                    return load_json(value)
+                except ValueError as exc:
+                    raise ValueError(f"imageUrl looks like a JSON list but is not: {exc}") from None
             return [value] if value else None
         return value
 
@@ -158,6 +158,19 @@ def fields(model: type[Params]) -> list[dict]:
 
 class FileQuery(Params):
     index: int | None = Field(None, ge=0, description="in a batch: the entry whose thumbnail to download")
+
+
+def load_json(text: str | bytes):
+    """JSON text as Python values; ValueError with a sentence for text that is not JSON, however it fails:
+    JSON nested deeper than Python's recursion allows is refused the same way, never a crash."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("it is nested too deeply") from None
+    except UnicodeDecodeError:
+        raise ValueError("it is not UTF-8 text") from None
+    except ValueError as exc:
+        raise ValueError(f"it is not valid JSON ({exc.msg} at character {exc.pos})") from None
 
 
 class InvalidParameter(ValueError):

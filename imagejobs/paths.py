@@ -1,11 +1,17 @@
 """Where files live under the images root: resolving user paths safely, listing folders, naming outputs.
 
 Every path a user gives is resolved (symlinks too) and must land inside the images root; a path that
-leaves it is refused before anything touches the file system beyond that check.
+leaves it is refused before anything touches the file system beyond that check. The same holds for
+every file the service writes or serves: its real path, links resolved, is inside the root, or the
+service refuses with a sentence. A link loop, a dangling link or an unreadable folder is refused where
+a user named it and left out of listings.
 """
 
+import errno
+import itertools
 import os
 import unicodedata
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from Image import IMAGE_EXTENSIONS
@@ -34,7 +40,10 @@ def resolve(root: Path, user_path: str, name: str = "imagePath") -> Path:
     given = PurePosixPath(user_path.strip())
     if given.is_absolute() and given.is_relative_to(CONTAINER_ROOT):
         given = given.relative_to(CONTAINER_ROOT)
-    resolved = (root / given).resolve()
+    try:
+        resolved = (root / given).resolve()
+    except (RuntimeError, OSError):  # a loop of symbolic links (RuntimeError before Python 3.13, then ELOOP)
+        raise PathRefused(f"{name} {user_path!r} leads into a loop of symbolic links; give another path.") from None
     if not resolved.is_relative_to(root):
         raise PathRefused(f"{name} {user_path!r} is outside the images root; give a path inside it, like Japan/a.jpg.")
     try:
@@ -55,40 +64,113 @@ def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def list_images(root: Path, folder: Path, recursive: bool) -> list[str]:
-    """The images in folder (its subfolders too if recursive), relative to root, sorted.
+def real(path: Path) -> Path | None:
+    """path with every link resolved, or None where that cannot be: a link loop, a dangling link, a name too long."""
+    try:
+        return path.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return None
 
-    folder is already resolved inside root, so only symlinks need resolving (about 0.1 ms each):
-    those that lead out of the root are left out. So are hidden files and the outputs (resized/).
+
+def _kind(root: Path, entry: os.DirEntry) -> str | None:
+    """ "file" or "dir" for an entry a listing shows; None for what it leaves out: hidden names, links that
+    lead out of the root, loop or dangle, and anything the file system will not describe."""
+    if entry.name.startswith("."):
+        return None
+    try:
+        if entry.is_symlink():
+            target = real(Path(entry.path))
+            if target is None or not target.is_relative_to(root):
+                return None
+        return "dir" if entry.is_dir() else "file" if entry.is_file() else None
+    except OSError:
+        return None
+
+
+def _entries(root: Path, folder: Path, shown: Callable[[str], bool]):
+    """(kind, relative path, is a link) of what a listing of folder shows; shown(relative path) may hide more."""
+    try:
+        with os.scandir(folder) as scanned:
+            listed = [(_kind(root, entry), Path(entry.path), entry.is_symlink()) for entry in scanned]
+    except OSError:  # vanished or unreadable since it was resolved: nothing to list
+        return
+    for kind, path, link in listed:
+        if kind is not None and shown(relative(root, path)):
+            yield kind, path, link
+
+
+def list_images(
+    root: Path, folder: Path, recursive: bool, most: int, shown: Callable[[str], bool] = lambda path: True
+) -> list[str]:
+    """The images in folder (its subfolders too if recursive), relative to root, sorted; at most `most` + 1,
+    so that a caller can refuse a folder over its limit without the walk going through all of it.
+
+    folder is already resolved inside root, so only symlinks need resolving (about 0.1 ms each): those
+    that lead out of the root, loop or dangle are left out, as are hidden files, the outputs (resized/),
+    links to folders (a walk never goes round in a circle) and whatever shown() hides. The walk keeps its
+    own stack, so no depth of folders can exhaust Python's.
     """
-    found = []
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            path = Path(entry.path)
-            if entry.is_symlink() and not path.resolve().is_relative_to(root):
-                continue
-            if entry.is_file() and is_image_name(entry.name):
+    found, folders = [], [folder]
+    while folders and len(found) <= most:
+        for kind, path, link in _entries(root, folders.pop(), shown):
+            if kind == "file" and is_image_name(path.name):
                 found.append(relative(root, path))
-            elif recursive and entry.is_dir() and not entry.is_symlink() and path != root / RESIZED_DIR:
-                found.extend(list_images(root, path, recursive))
-    return sorted(found)
+            elif recursive and kind == "dir" and not link and path != root / RESIZED_DIR:
+                folders.append(path)
+    return sorted(found)[: most + 1]
 
 
-def browse(root: Path, folder: Path) -> tuple[list[str], list[str]]:
-    """(subfolder names, image names) directly in folder, sorted; hidden entries and links out of the root left out."""
+def browse(root: Path, folder: Path, shown: Callable[[str], bool] = lambda path: True) -> tuple[list[str], list[str]]:
+    """(subfolder names, image names) directly in folder, sorted, as list_images would show them."""
     folders, images = [], []
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            path = Path(entry.path)
-            if entry.name.startswith(".") or not path.resolve().is_relative_to(root):
-                continue
-            if entry.is_dir():
-                folders.append(entry.name)
-            elif entry.is_file() and is_image_name(entry.name):
-                images.append(entry.name)
+    for kind, path, _ in _entries(root, folder, shown):
+        if kind == "dir":
+            folders.append(path.name)
+        elif is_image_name(path.name):
+            images.append(path.name)
     return sorted(folders), sorted(images)
+
+
+def make_folder(root: Path, folder: Path) -> Path:
+    """Create folder and the folders above it, inside root, and return it; PathRefused when one of them
+    is (or is a link to) something outside the root or not a folder, before anything is made below it."""
+    current = root
+    for part in folder.relative_to(root).parts:
+        current = current / part
+        try:
+            current.mkdir()
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise PathRefused(f"The folder {relative(root, current)!r} cannot be made ({exc.strerror}).") from None
+        target = real(current)
+        if target is None or not target.is_relative_to(root) or not target.is_dir():
+            raise PathRefused(
+                f"The folder {relative(root, current)!r} is a link that leads outside the images root "
+                "(or to something that is not a folder); the service writes only inside the root."
+            )
+    return folder
+
+
+def inside(root: Path, path: Path) -> Path | None:
+    """The real path of a file the service is about to serve, when it is a file inside root; else None."""
+    target = real(path)
+    return target if target is not None and target.is_relative_to(root) and target.is_file() else None
+
+
+def claim(folder: Path, name: str, fallbacks) -> Path:
+    """A new, empty file in folder under the first free name of name and fallbacks (names for when it is
+    taken), created exclusively: two uploads or downloads can never land on the same file."""
+    for candidate in itertools.chain([name], fallbacks):  # fallbacks may be endless: taken one at a time
+        try:
+            os.close(os.open(folder / candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
+            return folder / candidate
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+    raise FileExistsError(name)
 
 
 def thumbnail_path(root: Path, source: str, extension: str) -> Path:

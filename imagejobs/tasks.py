@@ -18,7 +18,6 @@ from rq.timeouts import JobTimeoutException
 
 from imagejobs import config, jobs
 from imagejobs.actions import ACTIONS, Action
-from imagejobs.config import Settings
 from imagejobs.processors import ImageJobError, Work
 from RedisConfig import queue
 
@@ -28,37 +27,25 @@ log = logging.getLogger(__name__)
 # --- the API's side ---------------------------------------------------------------------------------
 
 
-def enqueue_single(redis: Redis, settings: Settings, action: Action, image: str, params: dict, job_id: str) -> Job:
-    return _enqueue(
-        redis,
-        settings,
-        action,
-        run_single,
-        (action.name, image, params),
-        jobs.options(settings, job_id, action.name, jobs.SINGLE, on_failure),
-    )
+def enqueue_single(submission: jobs.Submission, action: Action, image: str, params: dict, job_id: str) -> Job:
+    options = jobs.options(submission, job_id, action.name, jobs.SINGLE, on_failure)
+    return _enqueue(submission, action, run_single, (action.name, image, params), options)
 
 
 def enqueue_whole(
-    redis: Redis, settings: Settings, action: Action, images: list[str], params: dict, job_id: str, named: str
+    submission: jobs.Submission, action: Action, images: list[str], params: dict, job_id: str, named: str
 ) -> Job:
     """One job over all the images at once (a plot of a folder): its result is about them together."""
-    return _enqueue(
-        redis,
-        settings,
-        action,
-        run_whole,
-        (action.name, images, params, named),
-        jobs.options(settings, job_id, action.name, jobs.SINGLE, on_failure, total=len(images)),
-    )
+    options = jobs.options(submission, job_id, action.name, jobs.SINGLE, on_failure, total=len(images))
+    return _enqueue(submission, action, run_whole, (action.name, images, params, named), options)
 
 
-def _enqueue(redis: Redis, settings: Settings, action: Action, func, args: tuple, options: dict) -> Job:
-    q = queue(action.queue, redis)
+def _enqueue(submission: jobs.Submission, action: Action, func, args: tuple, options: dict) -> Job:
+    q = queue(action.queue, submission.redis)
     job = q.create_job(func, args=args, **options)
-    with redis.pipeline() as pipe:
+    with submission.redis.pipeline() as pipe:
         q.enqueue_job(job, pipeline=pipe)
-        jobs.commit_unless_full(pipe, q, [job], settings.max_queue_depth)
+        jobs.commit_unless_full(pipe, q, [job], submission.settings.max_queue_depth)
     return job
 
 

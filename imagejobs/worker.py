@@ -27,7 +27,7 @@ import time
 from rq import SimpleWorker
 from rq.job import Job
 
-from imagejobs import batch, jobs, tasks
+from imagejobs import batch, config, inputs, jobs, tasks
 
 HEARTBEAT_TTL = 30  # seconds a running job's heartbeat lasts; the beat is renewed every third of that
 MAINTENANCE_INTERVAL = 15  # seconds between a worker's looks for abandoned jobs
@@ -83,6 +83,15 @@ class ImageWorker(SimpleWorker):
             return
         self._next_suspension_check = time.monotonic() + SUSPENSION_CHECK_EVERY
         super().check_for_suspension(burst)
+
+    def run_maintenance_tasks(self):
+        """RQ's maintenance (abandoned jobs, registries), then the sweep of inputs past INPUT_TTL; one worker
+        at a time sweeps (inputs.sweep takes a lock), and a failed sweep never stops the worker."""
+        super().run_maintenance_tasks()
+        try:
+            inputs.sweep(self.connection, config.settings)
+        except Exception:
+            logging.getLogger(__name__).exception("sweeping old inputs failed; the next maintenance tries again")
 
     def execute_job(self, job, queue):
         if self._beat_thread is None:

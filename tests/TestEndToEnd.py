@@ -69,36 +69,80 @@ def test_log_lines_carry_service_job_and_action(service, tmp_path):
     assert not any(line.startswith("forged line") for line in worker_lines)
 
 
+def test_run_py_prints_its_url_once_and_stopped_once_stopped(service):
+    url = service.url()
+    assert service.interrupt() == 0
+    deadline = time.monotonic() + 10
+    while "Stopped.\n" not in service.lines:  # the last line run.py prints; the reader thread may lag behind
+        assert time.monotonic() < deadline, service.lines
+        time.sleep(0.05)
+    assert [line for line in service.lines if "http://" in line] == [
+        f"Image service ready at {url} (2 workers); Ctrl+C stops it.\n"
+    ]
+    assert service.lines[-1] == "Stopped.\n"
+    # gunicorn's own "Listening at: http://..." is off too (gunicorn.conf.py logs its warnings only)
+    others = [line for line in service.process.stderr.read().splitlines() if "http://" in line]
+    assert others == []
+
+
+def test_run_py_starts_again_at_once_on_the_same_port(tmp_path):
+    port = free_port()
+    first = RunningService(tmp_path, "--port", str(port), "--workers", "1", "--no-classifier")
+    try:
+        url = first.url()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            client.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            answer = b""
+            while chunk := client.recv(65536):  # to the end: the server closes first, so its side waits in TIME_WAIT
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200")
+    finally:
+        assert first.interrupt() == 0
+    lingering = [conn.status for conn in psutil.net_connections("tcp") if conn.laddr and conn.laddr.port == port]
+    assert psutil.CONN_TIME_WAIT in lingering, lingering  # what a bind without SO_REUSEADDR trips on
+    again = RunningService(tmp_path, "--port", str(port), "--workers", "1", "--no-classifier")
+    try:
+        assert again.url() == url
+        assert requests.get(url + "health", timeout=10).status_code == 200
+    finally:
+        assert again.interrupt() == 0
+
+
+def refused(tmp_path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """run.py with the environment RunningService gives it, run to its end."""
+    (tmp_path / "images").mkdir(exist_ok=True)
+    environment = {**os.environ, "IMAGES_DIR": str(tmp_path / "images"), "LOGS_DIR": str(tmp_path / "logs")}
+    environment.pop("REDIS_URL")
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *args],
+        cwd=tmp_path,
+        env={**environment, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode != 0
+    assert done.stdout == ""  # no "Stopped.": nothing had started
+    assert not (tmp_path / "data").exists()  # not even Redis
+    return done
+
+
 def test_run_py_refuses_a_taken_port(tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         port = sock.getsockname()[1]
-        running = RunningService(tmp_path, "--port", str(port))
-        assert running.process.wait(30) != 0
-    message = running.process.stderr.read().strip()
+        message = refused(tmp_path, "--port", str(port)).stderr.strip()
     assert message.startswith("run.py: port") and "not free" in message and len(message.splitlines()) == 1
 
 
 def test_run_py_refuses_a_missing_images_folder(tmp_path):
-    running = RunningService(tmp_path, env={"IMAGES_DIR": str(tmp_path / "nope")})
-    assert running.process.wait(30) != 0
-    message = running.process.stderr.read().strip()
+    message = refused(tmp_path, env={"IMAGES_DIR": str(tmp_path / "nope")}).stderr.strip()
     assert "images folder" in message and "does not exist" in message and len(message.splitlines()) == 1
 
 
 def test_run_py_refuses_an_unreachable_redis(tmp_path):
-    (tmp_path / "images").mkdir()
-    environment = {**os.environ, "REDIS_URL": "redis://:secret@127.0.0.1:9/0", "IMAGES_DIR": str(tmp_path / "images")}
-    failed = subprocess.run(
-        [sys.executable, str(ROOT / "run.py")],
-        cwd=tmp_path,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert failed.returncode != 0
+    failed = refused(tmp_path, env={"REDIS_URL": "redis://:secret@127.0.0.1:9/0"})
     assert (
         "unreachable" in failed.stderr
         and "secret" not in failed.stderr
@@ -106,22 +150,12 @@ def test_run_py_refuses_an_unreachable_redis(tmp_path):
     )
 
 
-def test_run_py_dashboard_serves_rq_dashboard_on_loopback(tmp_path):
-    port = free_port()
-    running = RunningService(
-        tmp_path, "--port", str(free_port()), "--workers", "1", "--no-classifier", "--dashboard", str(port)
-    )
-    try:
-        running.url()
-        deadline = time.monotonic() + 20
-        while True:  # the dashboard starts beside the API; give it a moment
-            try:
-                answer = requests.get(f"http://127.0.0.1:{port}/0/data/queues.json", timeout=5)
-                break
-            except requests.ConnectionError:
-                assert time.monotonic() < deadline, "rq-dashboard did not answer"
-                time.sleep(0.2)
-        assert answer.status_code == 200 and "queues" in answer.json()
-        assert any(f"rq-dashboard at http://127.0.0.1:{port}/" in line for line in running.lines)
-    finally:
-        running.interrupt()
+def test_run_py_serves_the_rq_dashboard_inside_the_api_for_json_jobs(service):
+    """rq-dashboard is part of the API at /rq/ (no process or port of its own), and reads this service's
+    JSON jobs: a finished job's page shows it (rq-dashboard alone unpickled them and answered 500)."""
+    url = service.url()
+    copy_sample("castle_image.jpg", service.images / "a.jpg")
+    job = requests.get(url + "imageapi", params={"imagePath": "a.jpg", "wait": 10}, timeout=20).json()
+    assert requests.get(url + "rq/", timeout=10).status_code == 200
+    page = requests.get(url + f"rq/0/data/job/{job['jobId']}.json", timeout=10)
+    assert page.status_code == 200 and page.json()["id"] == job["jobId"]

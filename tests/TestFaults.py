@@ -1,11 +1,14 @@
 """Faults, with real processes really killed: nothing is lost when a worker dies or Redis restarts,
 many API processes and workers process each image once, shutdowns are graceful, timeouts are reported.
 
-Each test runs `python run.py` against a Redis the test owns (AOF on), so it can stop and start it."""
+Each test runs `python run.py` against a Redis the test owns (AOF on), so it can stop and start it; but
+the test_run_py_*_redis_* tests, which kill the Redis that run.py itself started, to see it start it again."""
 
+import os
 import re
 import secrets
 import signal
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -93,6 +96,24 @@ def workers_of(service: RunningService) -> list[psutil.Process]:
     return [child for child in service.descendants() if "worker.py" in " ".join(child.cmdline())]
 
 
+def answers(address: str) -> bool:
+    try:
+        return requests.get(address, timeout=5).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def redis_servers_of(service: RunningService) -> list[psutil.Process]:
+    found = []
+    for child in service.descendants():
+        try:
+            if "redis-server" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
 def wait_until(condition, within: float, what: str):
     deadline = time.monotonic() + within
     while not condition():
@@ -146,6 +167,98 @@ def test_redis_restarted_mid_batch_loses_nothing(tmp_path, redis_server, stop_af
     done = result(url, job_id, within=180)
     assert_every_image_once(done, folder, 8)
     assert requests.get(url + "health", timeout=10).json()["workers"] == 2  # the workers reconnected
+
+
+def test_run_py_restarts_its_own_redis_killed_mid_batch_and_loses_nothing(tmp_path, stop_afterwards):
+    service = RunningService(tmp_path, "--no-classifier", "--workers", "2", "--port", str(free_port()))
+    stop_afterwards(service)
+    url = service.url()
+    folder = photo_folder(service.images, "embedded", 8)
+    job_id = requests.post(url + "imageapi", data={"imagePath": folder, **SLOW}, timeout=10).json()["jobId"]
+    wait_until(lambda: progress(url, job_id).get("done", 0) >= 1, 60, "the batch never started")
+    time.sleep(1.2)  # AOF fsyncs every second
+    (redis,) = redis_servers_of(service)
+    command = redis.cmdline()
+    redis.send_signal(signal.SIGKILL)
+    wait_until(lambda: service.process.poll() is not None or answers(url + "health"), 60, "Redis never came back")
+    assert service.process.poll() is None, f"run.py gave up: {service.process.stderr.read()}"
+
+    done = result(url, job_id, within=180)
+    assert_every_image_once(done, folder, 8)
+    assert service.process.poll() is None
+    health = requests.get(url + "health", timeout=10)
+    assert health.status_code == 200 and health.json()["workers"] == 2
+    (restarted,) = redis_servers_of(service)
+    assert restarted.pid != redis.pid and restarted.cmdline() == command  # on the same port
+    assert service.interrupt() == 0
+    said = service.process.stderr.read()
+    assert "run.py: redis-server exited (signal 9); restarting it from its AOF (attempt 1" in said, said
+    assert "run.py: redis-server is back on port" in said, said
+    assert "stopped unexpectedly" not in said
+
+
+def stderr_lines(service: RunningService) -> list[str]:
+    """run.py's stderr, line by line as it comes (RunningService reads only its stdout)."""
+    lines = []
+    threading.Thread(target=lambda: lines.extend(service.process.stderr), daemon=True).start()
+    return lines
+
+
+def corrupt_aof(data: Path) -> dict[Path, bytes]:
+    """Put garbage at the head of every AOF file under data, so that a Redis started on it refuses to
+    start. The files are replaced, not written over: a Redis still running writes on to the old ones.
+    Returns what they held, to put back."""
+    held = {}
+    for path in data.rglob("appendonly*"):
+        if path.is_file():
+            held[path] = path.read_bytes()
+            path.with_name("scratch").write_bytes(b"not an AOF\r\n" + held[path])
+            os.replace(path.with_name("scratch"), path)
+    assert held, f"no AOF in {data}"
+    return held
+
+
+def wait_for_line(said: list[str], text: str, within: float) -> None:
+    wait_until(lambda: any(text in line for line in said), within, f"run.py never said {text!r}: {said}")
+
+
+def test_run_py_keeps_restarting_its_redis_with_back_off_until_it_can(tmp_path, stop_afterwards):
+    service = RunningService(tmp_path, "--no-classifier", "--workers", "1", "--port", str(free_port()))
+    stop_afterwards(service)
+    url = service.url()
+    said = stderr_lines(service)
+    (redis,) = redis_servers_of(service)
+    held = corrupt_aof(tmp_path / "data")
+    redis.send_signal(signal.SIGKILL)
+    wait_for_line(said, "(attempt 3", 30)  # after two restarts that failed, 0.5 s and 1 s apart
+    for path, content in held.items():  # within the 2 s before attempt 3
+        path.write_bytes(content)
+    wait_for_line(said, "redis-server is back on port", 60)
+    attempts = [re.search(r"\(attempt (\d+), in ([\d.]+) s\)", line).groups() for line in said if "(attempt" in line]
+    assert attempts[:3] == [("1", "0.5"), ("2", "1"), ("3", "2")], said
+    failed = [line for line in said if "redis-server did not come back" in line]
+    assert len(failed) == len(attempts) - 1 and all("Bad file format" in line for line in failed), said  # from its log
+    wait_until(lambda: answers(url + "health"), 30, "the API never found Redis again")
+    assert requests.get(url + "health", timeout=10).json()["workers"] == 1
+    assert service.interrupt() == 0
+
+
+def test_run_py_gives_up_on_its_redis_after_restarts_in_a_row_fail(tmp_path, stop_afterwards):
+    service = RunningService(tmp_path, "--no-classifier", "--workers", "1", "--port", str(free_port()))
+    stop_afterwards(service)
+    service.url()
+    said = stderr_lines(service)
+    children = service.descendants()
+    (redis,) = redis_servers_of(service)
+    corrupt_aof(tmp_path / "data")
+    redis.send_signal(signal.SIGKILL)
+    assert service.process.wait(120) == 1  # 0.5 + 1 + 2 + 4 + 8 + 10 + 10 + 10 s of back-off, then it stops
+    wait_for_line(said, "giving up", 5)
+    assert len([line for line in said if "restarting it from its AOF (attempt" in line]) == 8, said
+    (gave_up,) = [line for line in said if "giving up" in line]
+    assert gave_up.startswith("run.py: redis-server did not come back") and "8 restarts in a row" in gave_up
+    wait_until(lambda: "Stopped.\n" in service.lines, 5, "run.py did not say Stopped.")
+    assert not [child for child in children if child.is_running() and child.status() != psutil.STATUS_ZOMBIE]
 
 
 def test_many_api_processes_and_workers_process_each_image_once(tmp_path, redis_server, stop_afterwards):

@@ -1,5 +1,7 @@
 """imageUrl through the whole service: the API checks the syntax, a worker downloads each URL safely."""
 
+import hashlib
+
 import pytest
 
 from RedisConfig import queue
@@ -12,9 +14,25 @@ from tests.support import result_of, submit
 def test_one_url_is_downloaded_and_thumbnailed(client, server, images_root):
     body = submit(client, "POST", data={"imageUrl": server.url("/img/castle.jpg"), "width": "80"})
     result = result_of(client, body["jobId"])["result"]
-    assert result["path"] == str(images_root / "resized" / "downloads" / body["jobId"] / "castle_resized.jpg")
+    # each URL downloads into a folder of its own under the job's: downloads/<jobId>/<URL's folder>/castle.jpg
+    url_folder = hashlib.sha256(server.url("/img/castle.jpg").encode()).hexdigest()[:16]
+    assert result["path"] == str(
+        images_root / "resized" / "downloads" / body["jobId"] / url_folder / "castle_resized.jpg"
+    )
     assert (result["width"], result["height"]) == (80, 48)
-    assert (images_root / "downloads" / body["jobId"] / "castle.jpg").is_file()
+    assert (images_root / "downloads" / body["jobId"] / url_folder / "castle.jpg").is_file()
+
+
+def test_urls_whose_files_share_a_name_never_overwrite_each_other(client, server, images_root):
+    """Tried: two URLs of one batch whose files have the same name (a.jpg). Before: both downloaded to
+    downloads/<jobId>/a.jpg, the second over the first. Now: two files, and two thumbnails."""
+    urls = [server.url("/img/a.jpg"), server.url("/img/other/a.jpg")]
+    body = submit(client, "POST", json={"imageUrl": urls, "action": "resize"})
+    entries = result_of(client, body["jobId"])["result"]["images"]
+    assert [entry["image"] for entry in entries] == urls and all("result" in entry for entry in entries)
+    assert len({entry["result"]["path"] for entry in entries}) == 2
+    downloaded = sorted((images_root / "downloads" / body["jobId"]).glob("*/*"))
+    assert len(downloaded) == 2, downloaded
 
 
 @pytest.mark.parametrize("how", ["json", "form"])

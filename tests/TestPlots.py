@@ -124,7 +124,12 @@ def test_memory_stays_flat_over_300_plots(folder, images_root, redis_url):
     def plot_many(count: int) -> int:
         ids = [
             tasks.enqueue_whole(
-                connection(), settings, unserved, [image], {"kind": "histogram"}, jobs.new_job_id(), image
+                jobs.Submission(connection(), settings, "anonymous"),
+                unserved,
+                [image],
+                {"kind": "histogram"},
+                jobs.new_job_id(),
+                image,
             ).id
             for _ in range(count)
         ]

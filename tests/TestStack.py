@@ -9,6 +9,7 @@ about are asserted on the parsed files.
 
 import http.server
 import json
+import os
 import re
 import shlex
 import shutil
@@ -19,8 +20,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import TypeAdapter
+from redis import Redis
+from redis.backoff import NoBackoff
+from redis.exceptions import AuthenticationError
+from redis.retry import Retry
 
 from imagejobs import embedded_redis
+from imagejobs.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -37,6 +44,26 @@ APP_DIR = "/ImageResize"
 IMAGES_MOUNT = ("./images", "/ImageResize/images")
 LOGS_MOUNT = ("./logs", "/ImageResize/logs")
 APP_SERVICES = ("api", "worker", "classifier")
+
+# Redis's password: made by the one-shot redis-password service in the redis-secrets volume, read by
+# Redis (the config include), by its healthcheck and by the apps (REDIS_PASSWORD_FILE).
+PASSWORD_SERVICE = "redis-password"
+SECRETS_VOLUME = "redis-secrets"
+SECRETS_DIR = "/run/imagejobs-secrets"
+PASSWORD_FILE = f"{SECRETS_DIR}/redis-password"
+REDIS_CONF = f"{SECRETS_DIR}/redis.conf"
+
+# The settings (imagejobs/config.py) compose gives a value of its own; every other one is passed through.
+COMPOSE_SETS = {
+    "REDIS_URL": "redis://redis:6379/0",
+    "REDIS_PASSWORD_FILE": PASSWORD_FILE,
+    "REQUIRE_REDIS_AUTH": "true",
+    "IMAGES_DIR": IMAGES_MOUNT[1],
+    "LOGS_DIR": LOGS_MOUNT[1],
+    "PORT": "${PORT:-5000}",
+    "BIND_HOST": "0.0.0.0",
+    "CLASSIFIER_CACHE_DIR": "/opt/imageapi-cache",
+}
 
 SUBPROCESS_TIMEOUT = 180
 
@@ -102,14 +129,33 @@ def env_map(svc):
 
 def mounts(svc):
     """(source, target) pairs of a service's volumes, short or long syntax."""
-    pairs = []
+    return [(source, target) for source, target, _ in mounts_with_mode(svc)]
+
+
+def mounts_with_mode(svc):
+    """(source, target, read_only) triples of a service's volumes, short or long syntax."""
+    triples = []
     for vol in svc.get("volumes") or []:
         if isinstance(vol, str):
             parts = vol.split(":")
-            pairs.append((parts[0], parts[1] if len(parts) > 1 else None))
+            options = parts[2].split(",") if len(parts) > 2 else []
+            triples.append((parts[0], parts[1] if len(parts) > 1 else None, "ro" in options))
         else:
-            pairs.append((vol.get("source"), vol.get("target")))
-    return pairs
+            triples.append((vol.get("source"), vol.get("target"), bool(vol.get("read_only"))))
+    return triples
+
+
+def strings(node):
+    """Every string in a parsed YAML document (keys and values)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from strings(key)
+            yield from strings(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from strings(item)
+    elif isinstance(node, str):
+        yield node
 
 
 def duration_seconds(text):
@@ -283,36 +329,85 @@ def test_redis_is_never_published_to_the_host():
     assert redis.get("network_mode") != "host"
 
 
-def test_redis_persists_with_aof_and_requires_a_password():
+def redis_options():
+    """The redis service's command: the config include it reads, then its --option value pairs."""
     argv = as_argv(service("redis")["command"])
     assert argv[0] == "redis-server"
-    options = dict(zip(argv[1::2], argv[2::2]))
+    return argv[1], dict(zip(argv[2::2], argv[3::2]))
+
+
+def test_redis_persists_with_aof_and_reads_its_password_from_the_secrets_volume():
+    conf, options = redis_options()
+    assert conf == REDIS_CONF  # written by the redis-password service: `requirepass` is in there
     assert options.get("--appendonly") == "yes"
     assert options.get("--appendfsync") == "everysec"
     assert options.get("--stream-node-max-bytes") == str(embedded_redis.STREAM_NODE_MAX_BYTES)  # as run.py's Redis
-    assert re.fullmatch(r"\$\{REDIS_PASSWORD:\?[^}]+\}", options.get("--requirepass", "")), argv
+    assert "--requirepass" not in options
 
 
-def test_every_redis_password_reference_is_mandatory():
-    """No default may hide a missing REDIS_PASSWORD: compose must stop with
-    the message instead of starting Redis without (or with a known) password."""
-    text = COMPOSE_FILE.read_text(encoding="utf-8")
-    refs = re.findall(r"\$\{?REDIS_PASSWORD[^}]*\}?", text)
-    assert refs
-    for ref in refs:
-        assert re.fullmatch(r"\$\{REDIS_PASSWORD:\?.*REDIS_PASSWORD.*\}", ref), ref
-    with pytest.raises(MissingVariable, match="REDIS_PASSWORD"):
-        interpolate(" ".join(as_argv(service("redis")["command"])), {})
+def test_compose_needs_no_env_file():
+    """`docker compose up` on a fresh clone: no ${VAR:?...} may stop it, every reference has a default
+    (or is a pass-through), and no password is written in the compose file."""
+    document = compose()
+    for text in strings(document):
+        interpolate(text, {})  # raises MissingVariable on a mandatory variable
+    raw = COMPOSE_FILE.read_text(encoding="utf-8")
+    assert ":?" not in "".join(m.group(0) for m in _VAR.finditer(raw))
+    assert not [text for text in strings(document) if "requirepass" in text]  # only comments name it
+    assert not re.search(r"\$\{?REDIS_PASSWORD", raw)
+    # REDIS_PASSWORD is read by the redis-password service only, and only when the operator sets it.
+    holders = [name for name, svc in document["services"].items() if "REDIS_PASSWORD" in env_map(svc)]
+    assert holders == [PASSWORD_SERVICE]
+    assert env_map(service(PASSWORD_SERVICE)) == {"REDIS_PASSWORD": None}
+
+
+def test_the_password_service_writes_the_secrets_once_and_exits():
+    init = service(PASSWORD_SERVICE)
+    assert as_argv(init["command"]) == [
+        "python",
+        "-m",
+        "imagejobs.secrets_file",
+        PASSWORD_FILE,
+        "--redis-conf",
+        REDIS_CONF,
+    ]
+    assert init["restart"] == "no"  # a one-shot: `unless-stopped` would run it again and again
+    assert init["build"] == service("api")["build"] and init["image"] == service("api")["image"]
+    assert "user" not in init  # the image's non-root user, who owns the volume's folder (Dockerfile)
+    assert "depends_on" not in init and "ports" not in init
+    assert mounts_with_mode(init) == [(SECRETS_VOLUME, SECRETS_DIR, False)]
+    assert init["healthcheck"] == {"disable": True}  # the image's HEALTHCHECK probes the API
+
+
+def test_redis_starts_after_the_password_exists_and_can_read_it():
+    redis = service("redis")
+    assert redis["depends_on"] == {PASSWORD_SERVICE: {"condition": "service_completed_successfully"}}
+    # Not root (so the image's entrypoint keeps the added group), and in the app's group, which owns the
+    # password files (mode 0640, folder 0750).
+    assert redis["user"] == "redis"
+    app_gid = service("api")["build"]["args"]["APP_GID"]
+    assert redis["group_add"] == [app_gid]
+    assert (SECRETS_VOLUME, SECRETS_DIR, True) in mounts_with_mode(redis)
+
+
+def test_the_secrets_volume_is_read_only_wherever_it_is_only_read():
+    document = compose()
+    assert SECRETS_VOLUME in document["volumes"]
+    users = {name: svc for name, svc in document["services"].items() if SECRETS_VOLUME in dict(mounts(svc))}
+    assert set(users) == {PASSWORD_SERVICE, "redis", *APP_SERVICES}
+    for name, svc in users.items():
+        assert (SECRETS_VOLUME, SECRETS_DIR, name != PASSWORD_SERVICE) in mounts_with_mode(svc), name
 
 
 def test_redis_healthcheck_authenticates_without_password_on_command_line():
     redis = service("redis")
-    assert env_map(redis).get("REDISCLI_AUTH") == "${REDIS_PASSWORD:?set REDIS_PASSWORD in .env}"
+    assert "REDISCLI_AUTH" not in env_map(redis)  # no password in the container's configuration
     test = redis["healthcheck"]["test"]
-    assert test[0] in ("CMD", "CMD-SHELL")
-    text = " ".join(test[1:])
-    assert "redis-cli" in text and "ping" in text
-    assert "REDIS_PASSWORD" not in text and " -a " not in f" {text} "
+    assert test[0] == "CMD-SHELL"
+    text = interpolate(test[1], {})
+    assert "redis-cli" in text and "ping" in text and "PONG" in text
+    assert f'REDISCLI_AUTH="$(cat {PASSWORD_FILE})" redis-cli' in text
+    assert "REDIS_PASSWORD" not in text and " -a " not in f" {text} " and "--pass" not in text
 
 
 def test_redis_data_on_named_volume():
@@ -331,14 +426,34 @@ def test_app_services_mount_images_and_logs(name):
 
 
 @pytest.mark.parametrize("name", APP_SERVICES)
-def test_app_services_reach_redis_with_the_password(name):
+def test_app_services_reach_redis_with_the_password_file(name):
     svc = service(name)
-    url = interpolate(env_map(svc)["REDIS_URL"], {"REDIS_PASSWORD": "s3cret"})
-    assert url == "redis://:s3cret@redis:6379/0"
+    env = env_map(svc)
+    assert env["REDIS_URL"] == "redis://redis:6379/0"  # no password: RedisConfig inserts the file's
+    assert env["REDIS_PASSWORD_FILE"] == PASSWORD_FILE
+    assert TypeAdapter(bool).validate_python(env["REQUIRE_REDIS_AUTH"]) is True
+    assert (SECRETS_VOLUME, SECRETS_DIR, True) in mounts_with_mode(svc)
     assert svc["depends_on"]["redis"]["condition"] == "service_healthy"
-    assert interpolate(env_map(svc)["RESULT_TTL"], {}) == "500"
-    for knob in ("MAX_IMAGE_PIXELS", "MAX_UPLOAD_MB"):
-        assert knob in env_map(svc)
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_every_setting_reaches_every_app_container(name):
+    """Each field of imagejobs.config.Settings is in the container's environment: set by compose, or passed
+    through from the shell / .env (no value in the compose file, so unset there means the app's default)."""
+    env = env_map(service(name))
+    fields = {field.upper() for field in Settings.model_fields}
+    assert fields - set(env) == set(), "add them to x-app-environment in docker-compose.yml"
+    for field in sorted(fields):
+        if field in COMPOSE_SETS:
+            assert env[field] == COMPOSE_SETS[field], field
+        else:
+            assert env[field] is None, f"{field} should be a pass-through (`{field}:` with no value)"
+    assert set(COMPOSE_SETS) <= fields  # the list above names settings only
+
+
+def test_the_classifier_cache_is_where_the_image_put_the_model():
+    envs = " ".join(args for keyword, args in dockerfile_instructions("classifier") if keyword == "ENV")
+    assert f"CLASSIFIER_CACHE_DIR={COMPOSE_SETS['CLASSIFIER_CACHE_DIR']}" in envs.split()
 
 
 @pytest.mark.parametrize("name", APP_SERVICES)
@@ -369,12 +484,30 @@ def test_worker_command():
 def test_api_environment_and_port():
     api = service("api")
     env = env_map(api)
-    assert env["BIND_HOST"] == "0.0.0.0"
+    assert env["BIND_HOST"] == "0.0.0.0"  # inside the container; the host side is the published address
     assert env["PROMETHEUS_MULTIPROC_DIR"] == "/tmp/prometheus"
     assert "/tmp/prometheus" in [t.split(":")[0] for t in api.get("tmpfs", [])]
     for vars_, port in (({}, "5000"), ({"PORT": "8080"}, "8080")):
         assert interpolate(env["PORT"], vars_) == port
-        assert [interpolate(p, vars_) for p in api["ports"]] == [f"{port}:{port}"]
+        assert [interpolate(p, vars_) for p in api["ports"]] == [f"127.0.0.1:{port}:{port}"]
+
+
+@pytest.mark.parametrize(
+    "vars_, published",
+    [
+        ({}, "127.0.0.1:5000:5000"),  # the host's loopback unless the operator opts in
+        ({"API_PUBLISH_HOST": ""}, "127.0.0.1:5000:5000"),  # an empty line in .env is not "everywhere"
+        ({"API_PUBLISH_HOST": "0.0.0.0"}, "0.0.0.0:5000:5000"),
+        ({"API_PUBLISH_HOST": "192.168.1.20", "PORT": "8080"}, "192.168.1.20:8080:8080"),
+    ],
+)
+def test_api_is_published_on_loopback_unless_opened(vars_, published):
+    assert [interpolate(p, vars_) for p in service("api")["ports"]] == [published]
+
+
+def test_api_tokens_reach_the_api():
+    env = env_map(service("api"))
+    assert "API_TOKENS" in env and env["API_TOKENS"] is None  # from the shell / .env, never written here
 
 
 def test_api_gets_gunicorns_graceful_timeout_to_stop():
@@ -398,17 +531,53 @@ def test_worker_healthcheck_and_graceful_stop():
     assert duration_seconds(worker["stop_grace_period"]) >= 30
 
 
-def test_env_example_documents_every_compose_variable():
-    documented = {}
+REFERENCE_SECTION = "# Set by docker-compose.yml itself"
+
+
+def env_example_lines():
+    """(name, value, active) of each NAME=value line of .env.example before the reference section,
+    commented out or not."""
+    found = []
     for line in ENV_EXAMPLE.read_text(encoding="utf-8").splitlines():
-        match = re.match(r"#?\s*([A-Z][A-Z0-9_]*)=(.*)", line.strip())
+        if line.startswith(REFERENCE_SECTION):
+            break
+        match = re.match(r"(#?)\s*([A-Z][A-Z0-9_]*)=(.*)", line.strip())
         if match:
-            documented.setdefault(match.group(1), match.group(2))
-    assert documented.get("REDIS_PASSWORD") == "change-me"
-    referenced = set(_VAR.findall(COMPOSE_FILE.read_text(encoding="utf-8")))
-    referenced = {name for name, _, _ in referenced}
-    referenced |= {k for name in APP_SERVICES for k, v in env_map(service(name)).items() if v is None}
-    assert referenced - set(documented) == set()
+            found.append((match.group(2), match.group(3), not match.group(1)))
+    return found
+
+
+def compose_variables():
+    """The variables docker-compose.yml reads: ${...} references and pass-through environment entries."""
+    referenced = {name for name, _, _ in _VAR.findall(COMPOSE_FILE.read_text(encoding="utf-8"))}
+    for svc in compose()["services"].values():
+        referenced |= {k for k, v in env_map(svc).items() if v is None}
+    return referenced
+
+
+def test_env_example_documents_every_compose_variable():
+    documented = {name for name, _, _ in env_example_lines()}
+    assert compose_variables() - documented == set()
+    assert documented - compose_variables() == set()  # and nothing compose would ignore
+    assert ENV_EXAMPLE.read_text(encoding="utf-8").count(REFERENCE_SECTION) == 1
+
+
+def test_env_example_sets_no_secret():
+    """Copied as it is, .env.example must not give the stack a known password or token."""
+    active = {name: value for name, value, active in env_example_lines() if active}
+    assert "REDIS_PASSWORD" not in active and "API_TOKENS" not in active
+    assert active.get("API_PUBLISH_HOST", "127.0.0.1") == "127.0.0.1"
+    assert "REDIS_PASSWORD" in {name for name, _, active in env_example_lines() if not active}
+
+
+def test_env_example_shows_the_applications_defaults():
+    """A commented-out setting shows the default the application uses without it (examples aside)."""
+    fields = Settings.model_fields
+    for name, value, _ in env_example_lines():
+        field = fields.get(name.lower())
+        if field is None or field.default in (None, ""):
+            continue  # not a setting, or one without a default to show (the line is an example)
+        assert TypeAdapter(field.annotation).validate_python(value) == field.default, name
 
 
 # --------------------------------------------------------------------------
@@ -458,6 +627,15 @@ def test_the_classifier_image_adds_the_model_and_runs_the_classify_worker():
     assert any("Classifier.load(" in run for run in runs)  # converted at build time: nothing downloads at run time
     cmds = [args for keyword, args in instructions if keyword == "CMD"]
     assert exec_form(cmds[-1]) == ["python", "worker.py", "classify"]
+
+
+def test_dockerfile_prepares_the_secrets_folder():
+    """A new named volume takes the owner and mode of the image's folder at its first mount: app's, 0750,
+    so the redis-password service (running as app) can write there and other users cannot read."""
+    runs = " ".join(args for keyword, args in dockerfile_instructions() if keyword == "RUN")
+    assert re.search(rf"mkdir -p [^&;]*{re.escape(SECRETS_DIR)}", runs)
+    assert re.search(rf"chown app:app [^&;]*{re.escape(SECRETS_DIR)}", runs)
+    assert re.search(rf"chmod 0750 [^&;]*{re.escape(SECRETS_DIR)}", runs)
 
 
 def test_dockerfile_environment_and_port():
@@ -555,7 +733,91 @@ def test_dockerignore_keeps_code_in(path):
     assert not dockerignored(path), path
 
 
-def test_the_dashboard_is_optional_and_on_loopback_only():
-    dashboard = service("dashboard")
-    assert dashboard["profiles"] == ["dashboard"]
-    assert dashboard["ports"] == ["127.0.0.1:9181:9181"]
+def test_the_dashboard_is_no_service_of_its_own():
+    """rq-dashboard runs inside the API, at /rq/, behind the API's tokens (imagejobs/api/dashboard.py): no
+    container of its own, with a password on its command line or a port of its own."""
+    assert "dashboard" not in compose()["services"]
+
+
+# --------------------------------------------------------------------------
+# The password's path through the stack, without Docker: the redis-password
+# service's command, Redis started with the redis service's command, its
+# healthcheck, and the apps' connection (RedisConfig), on a temporary folder
+# standing for the redis-secrets volume.
+# --------------------------------------------------------------------------
+
+
+def local(text, secrets_dir):
+    return interpolate(text, {}).replace(SECRETS_DIR, str(secrets_dir))
+
+
+@pytest.fixture
+def compose_redis(tmp_path):
+    """Run the password service's command, then Redis with the redis service's command (on a free port on
+    127.0.0.1, its files in tmp_path). Yields (secrets folder, port, password, redis process)."""
+    secrets_dir = tmp_path / "secrets"
+    secrets_dir.mkdir(mode=0o750)
+    init = [local(arg, secrets_dir) for arg in as_argv(service(PASSWORD_SERVICE)["command"])]
+    init[0] = sys.executable
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_PASSWORD"}
+    done = subprocess.run(init, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    password = (secrets_dir / "redis-password").read_text().strip()
+    assert password and password not in done.stdout + done.stderr
+    port = embedded_redis.free_port()
+    argv = [local(arg, secrets_dir) for arg in as_argv(service("redis")["command"])]
+    argv[0] = embedded_redis.server_binary()
+    argv += ["--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path), "--save", ""]
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        embedded_redis.wait_until_up(embedded_redis.url(port, password), process)
+        yield secrets_dir, port, password, process
+    finally:
+        process.terminate()
+        process.wait(10)
+        process.stderr.close()
+
+
+def test_compose_redis_requires_the_generated_password(compose_redis):
+    secrets_dir, port, password, process = compose_redis
+    assert password.encode() not in Path(f"/proc/{process.pid}/cmdline").read_bytes()
+    for password_tried in (None, "wrong"):
+        client = Redis(
+            host="127.0.0.1", port=port, password=password_tried, socket_timeout=5, retry=Retry(NoBackoff(), 0)
+        )
+        with pytest.raises(AuthenticationError):
+            client.ping()
+        client.close()
+
+
+def test_the_apps_connect_with_the_password_file(compose_redis):
+    """As in an app container: REDIS_URL without a password, REDIS_PASSWORD_FILE, REQUIRE_REDIS_AUTH."""
+    from RedisConfig import connect
+
+    secrets_dir, port, password, _ = compose_redis
+    env = env_map(service("worker"))
+    configured = Settings(
+        redis_url=env["REDIS_URL"].replace("redis:6379", f"127.0.0.1:{port}"),
+        redis_password_file=local(env["REDIS_PASSWORD_FILE"], secrets_dir),
+        require_redis_auth=env["REQUIRE_REDIS_AUTH"],
+    )
+    redis = connect(configured)
+    try:
+        assert redis.ping() is True
+    finally:
+        redis.close()
+
+
+def test_the_redis_healthcheck_passes_with_the_password_file_only(compose_redis):
+    secrets_dir, port, password, _ = compose_redis
+    if not shutil.which("redis-cli"):
+        pytest.skip("redis-cli is not on the PATH here (the redis image has it)")
+    command = local(service("redis")["healthcheck"]["test"][1], secrets_dir).replace(
+        "redis-cli", f"redis-cli -p {port}"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "REDISCLI_AUTH"}
+    healthy = subprocess.run(["/bin/sh", "-c", command], env=env, capture_output=True, timeout=30)
+    assert healthy.returncode == 0, healthy.stderr
+    (secrets_dir / "redis-password").write_text("not-the-password\n")
+    unhealthy = subprocess.run(["/bin/sh", "-c", command], env=env, capture_output=True, timeout=30)
+    assert unhealthy.returncode != 0

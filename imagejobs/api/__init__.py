@@ -6,6 +6,7 @@ Routes, by resource (one blueprint a module):
   browse.py     GET /images?path= (a folder's folders and images, for the page)
   operators.py  GET /health, GET /metrics
   docs.py       GET /openapi.json, GET /actions (what the page builds its form from), GET / and /static/ (the page)
+  dashboard.py  /rq/: rq-dashboard for operators, for JSON jobs, signed in and safe from other sites
 Around them:
   requests.py   a request's parameters (query, form, JSON body) and the images it names
   hooks.py      tokens, timing, metrics and one log line per request
@@ -16,11 +17,14 @@ No image code lives here: the API validates, enqueues and answers.
 """
 
 from flask import Flask
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from imagejobs import config
-from imagejobs.api import browse, docs, errors, hooks, operators, results, submit
+from imagejobs.api import browse, dashboard, docs, errors, hooks, operators, results, submit
 from imagejobs.api.context import Service
 from RedisConfig import connect
+
+FORM_FIELDS = 100  # a form's parts beside its files: the parameters, with room to spare
 
 
 def create_app(settings: config.Settings | None = None) -> Flask:
@@ -30,10 +34,13 @@ def create_app(settings: config.Settings | None = None) -> Flask:
     settings.check()
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_mb * 1024 * 1024
+    app.config["MAX_FORM_PARTS"] = settings.max_upload_files + FORM_FIELDS  # past it, our sentence names the limit
     app.json.sort_keys = False
-    app.extensions["imagejobs"] = Service(settings, connect(settings))
+    # Each connection the server holds may hold a Redis connection (a wait=S, for S seconds).
+    app.extensions["imagejobs"] = Service(settings, connect(settings, max_connections=settings.api_connections + 10))
     for module in (submit, results, browse, operators, docs):
         app.register_blueprint(module.blueprint)
     errors.register(app)
     hooks.register(app)
+    app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {dashboard.PREFIX: dashboard.create_dashboard(settings)})
     return app

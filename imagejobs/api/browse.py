@@ -4,7 +4,8 @@ for the page's folder browser."""
 from flask import Blueprint, jsonify, request
 
 from imagejobs import params, paths
-from imagejobs.api.context import settings
+from imagejobs.api import requests
+from imagejobs.api.context import client, settings
 
 blueprint = Blueprint("browse", __name__)
 
@@ -12,8 +13,8 @@ blueprint = Blueprint("browse", __name__)
 @blueprint.get("/images")
 def browse_images():
     root = settings().images_root
-    folder = paths.resolve(root, params.validate(params.BrowseQuery, request.args.to_dict()).path, name="path")
+    folder = requests.resolve(params.validate(params.BrowseQuery, request.args.to_dict()).path, "path")
     if not folder.is_dir():
         raise params.InvalidParameter(f"path {paths.relative(root, folder)!r} is a file, not a folder.")
-    folders, images = paths.browse(root, folder)
+    folders, images = paths.browse(root, folder, client().sees)
     return jsonify({"path": paths.relative(root, folder), "folders": folders, "images": images})

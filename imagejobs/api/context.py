@@ -2,9 +2,10 @@
 
 from dataclasses import dataclass
 
-from flask import current_app
+from flask import current_app, g
 from redis import Redis
 
+from imagejobs.clients import Client
 from imagejobs.config import Settings
 
 
@@ -24,3 +25,8 @@ def settings() -> Settings:
 
 def redis() -> Redis:
     return service().redis
+
+
+def client() -> Client:
+    """The client the request comes from (hooks.identify found it)."""
+    return g.client

@@ -5,7 +5,7 @@ import logging
 from flask import Flask, jsonify, request
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from imagejobs import jobs, params, paths
 from imagejobs.api.context import settings
@@ -13,6 +13,10 @@ from RedisConfig import RedisNotConfigured
 
 log = logging.getLogger("api")
 QUEUE_FULL_RETRY_AFTER = 10  # seconds; a full queue drains at hundreds of jobs per second
+
+
+class TooLarge(RequestEntityTooLarge):
+    """413 with a sentence naming the limit that was hit (werkzeug's own says "too large", whichever it was)."""
 
 
 def error(status: int, message: str):
@@ -37,7 +41,9 @@ def http_error(exc: HTTPException):
         405: f"{request.method} is not allowed on {request.path}.",
         413: f"The request is larger than the limit of {settings().max_upload_mb} MB (MAX_UPLOAD_MB).",
     }
-    answer = error(exc.code or 500, messages.get(exc.code, exc.description))
+    answer = error(
+        exc.code or 500, exc.description if isinstance(exc, TooLarge) else messages.get(exc.code, exc.description)
+    )
     if exc.code == 405:
         return (*answer, {"Allow": ", ".join(sorted(exc.valid_methods or ()))})
     return answer

@@ -1,33 +1,53 @@
-"""What runs around every request: the token check, timing, metrics and one log line."""
+"""What runs around every request: who is asking (tokens), timing, metrics and one log line."""
 
 import hmac
 import logging
+import re
 import time
+from urllib.parse import parse_qsl, urlencode
 
 from flask import Flask, g, jsonify, request
 
 from imagejobs import metrics
-from imagejobs.api.context import settings
+from imagejobs.api.context import redis, settings
+from imagejobs.clients import ANONYMOUS, Client
 
 log = logging.getLogger("api")
 PUBLIC_ROUTES = {"/health", "/", "/actions"}  # and /static/: the page and what it is built from carry no data
+# Query parameters whose values are secrets whatever the route (a token sent the wrong way): never logged.
+SECRET_NAMES = re.compile(r"token|key|secret|passw|auth|sig|credential|session", re.IGNORECASE)
+METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}  # any other is counted as "other"
 
 
 def start_timer():
     g.started = time.perf_counter()
 
 
-def require_token():
-    """With API_TOKENS set, every route but the public ones needs `Authorization: Bearer <token>`.
+def client_named(clients: dict[str, str], authorization: str) -> str | None:
+    """The name of the client whose token `Authorization: Bearer <token>` carries, or None.
 
     Every token is compared, in constant time, so the answer's timing tells nothing about them.
     """
-    tokens = settings().tokens
-    if not tokens or request.path in PUBLIC_ROUTES or request.path.startswith("/static/"):
+    scheme, _, given = authorization.partition(" ")
+    given = given.strip().encode()
+    found = None
+    for token, name in clients.items():
+        if hmac.compare_digest(given, token.encode()) and scheme.lower() == "bearer":
+            found = name
+    return found
+
+
+def identify():
+    """Who is asking: with API_TOKENS set, every route but the public ones needs `Authorization: Bearer
+    <token>`, and the token names the client; without, everyone is the one anonymous client."""
+    if not settings().clients:
+        g.client = Client(ANONYMOUS, redis(), sole=True)
         return None
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    matches = [hmac.compare_digest(given.strip().encode(), token.encode()) for token in tokens]
-    if scheme.lower() == "bearer" and any(matches):
+    name = client_named(settings().clients, request.headers.get("Authorization", ""))
+    if name is not None:
+        g.client = Client(name, redis())
+        return None
+    if request.path in PUBLIC_ROUTES or request.path.startswith("/static/"):
         return None
     return (
         jsonify({"error": "This service needs a token: send the header Authorization: Bearer <token>."}),
@@ -36,17 +56,29 @@ def require_token():
     )
 
 
+def shown_path() -> str:
+    """The request's path and query as the log shows them: the value of any secret-looking parameter hidden."""
+    query = [
+        (name, "***" if SECRET_NAMES.search(name) else value)
+        for name, value in parse_qsl(request.query_string.decode(errors="replace"), keep_blank_values=True)
+    ]
+    return request.path + (f"?{urlencode(query)}" if query else "")
+
+
 def account(response):
     elapsed = time.perf_counter() - g.get("started", time.perf_counter())
     route = request.url_rule.rule if request.url_rule else "unmatched"
-    metrics.REQUESTS.labels(request.method, route, response.status_code).inc()
+    method = request.method if request.method in METHODS else "other"
+    metrics.REQUESTS.labels(method, route, response.status_code).inc()
     metrics.LATENCY.labels(route).observe(elapsed)
+    client = g.get("client")
     log.info(
-        "%s %s %d %.1f ms",
-        request.method,
-        request.full_path.rstrip("?"),
+        "%s %s %d %.1f ms client=%s",
+        request.method[:16],
+        shown_path(),
         response.status_code,
         1000 * elapsed,
+        client.name if client else "-",
         extra={"job_id": g.get("job_id", "-"), "action": g.get("action", "-")},
     )
     return response
@@ -54,5 +86,5 @@ def account(response):
 
 def register(app: Flask) -> None:
     app.before_request(start_timer)
-    app.before_request(require_token)
+    app.before_request(identify)
     app.after_request(account)

@@ -143,12 +143,9 @@ def _json(model: type[BaseModel], description: str) -> dict:
 
 
 def _errors(*codes: int) -> dict:
-    """The JSON errors an operation answers, plus those every operation may: 401, 414 (from gunicorn, as HTML), 503."""
+    """The JSON errors an operation answers, plus those every operation may: 401, 414 (from gunicorn), 503."""
     answers = {str(code): _json(Error, ERRORS[code]) for code in (*codes, 401, 503)}
-    answers["414"] = {
-        "description": "the request line is longer than 8190 bytes (gunicorn answers)",
-        "content": {"text/html": {"schema": {"type": "string"}}},
-    }
+    answers["414"] = _json(Error, "the request line is longer than 8190 bytes (gunicorn answers, in JSON)")
     return answers
 
 

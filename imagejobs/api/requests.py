@@ -2,13 +2,17 @@
 asks for, and the images it names (a path, uploads or URLs)."""
 
 from flask import request
-from werkzeug.exceptions import UnsupportedMediaType
+from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
 
-from imagejobs import downloads, params, paths
+from imagejobs import downloads, inputs, params, paths
 from imagejobs.actions import ACTIONS, Action, AnyActionParams
-from imagejobs.api.context import settings
+from imagejobs.api.context import client, redis, settings
+from imagejobs.api.errors import TooLarge
 
 REPEATABLE = {"imageUrl"}
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+# A JSON body carries parameters and at most MAX_URLS URLs of 2,048 characters: far below this.
+MAX_JSON_BYTES = 1024 * 1024
 
 
 def values() -> dict:
@@ -18,28 +22,65 @@ def values() -> dict:
     chosen action would make it moot. A parameter may appear once, except imageUrl, which may repeat.
     """
     merged = {}
-    for source in (request.args, request.form):
+    for source in (request.args, form()):
         given_here = {}
         for name, given in source.lists():
             if len(given) > 1 and name not in REPEATABLE:
                 raise params.InvalidParameter(f"Invalid parameter {name}: give it once, not {len(given)} times.")
             given_here[name] = given if name in REPEATABLE and len(given) > 1 else given[0]
         merged.update(checked(given_here))
-    if request.mimetype == "application/json" and request.content_length:
-        body = request.get_json(silent=True)
-        if not isinstance(body, dict):
-            raise params.InvalidParameter('The JSON body must be an object, like {"imagePath": "Japan/a.jpg"}.')
-        merged.update(
-            checked({name: value for name, value in body.items() if value is not None}, strict=True)
-        )  # null: not given
-    elif request.content_length and request.mimetype not in (
-        "multipart/form-data",
-        "application/x-www-form-urlencoded",
-    ):
+    body = json_body()
+    if body is not None:
+        merged.update(checked({name: value for name, value in body.items() if value is not None}, strict=True))
+    elif has_body() and request.mimetype not in FORM_TYPES:
         raise UnsupportedMediaType(
             "Send parameters as a query string, form fields, multipart/form-data or a JSON object."
         )
     return merged
+
+
+def has_body() -> bool:
+    """Whether the request carries a body: a length, or chunks (Transfer-Encoding: chunked has no length)."""
+    return bool(request.content_length) or "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+
+
+def json_body() -> dict | None:
+    """The JSON object a JSON request carries (sent with a length or in chunks), or None for no JSON body.
+    Anything but an object of at most MAX_JSON_BYTES is a sentence (400, or 413 for its size); null values
+    count as not given."""
+    if request.mimetype != "application/json" or not has_body():
+        return None
+    if (request.content_length or 0) > MAX_JSON_BYTES:
+        raise TooLarge(f"The JSON body is larger than the limit of {MAX_JSON_BYTES // 1024} KB.")
+    data = request.stream.read(MAX_JSON_BYTES + 1)
+    if len(data) > MAX_JSON_BYTES:
+        raise TooLarge(f"The JSON body is larger than the limit of {MAX_JSON_BYTES // 1024} KB.")
+    try:
+        body = params.load_json(data) if data else None
+    except ValueError as exc:
+        raise params.InvalidParameter(f"The JSON body is not usable: {exc}.") from None
+    if not isinstance(body, dict):
+        raise params.InvalidParameter('The JSON body must be an object, like {"imagePath": "Japan/a.jpg"}.')
+    return body
+
+
+def form():
+    """The form fields (the files come with them), or 413 with a sentence naming the limit that was hit."""
+    try:
+        return request.form
+    except RequestEntityTooLarge:
+        most, limit = settings().max_upload_mb, request.max_content_length
+        if request.content_length is not None:
+            over_size = limit is not None and request.content_length > limit
+        else:  # chunks: the server's stream stopped at the size limit
+            stream = request.stream
+            over_size = getattr(stream, "is_exhausted", False) and getattr(stream, "limit", None) == limit
+        if over_size:
+            raise TooLarge(f"The request is larger than the limit of {most} MB (MAX_UPLOAD_MB).") from None
+        raise TooLarge(
+            f"The form has more parts than {settings().max_upload_files} files (MAX_UPLOAD_FILES) and a few fields, "
+            f"or a field longer than {request.max_form_memory_size // 1024} KB; send fewer files or shorter fields."
+        ) from None
 
 
 def checked(given: dict, strict: bool = False) -> dict:
@@ -59,7 +100,8 @@ def choose_action(given: dict, default: str) -> Action:
 
 
 def named_images(given: dict, job_id: str) -> tuple[list[str], bool, str]:
-    """(images: paths relative to the root, or URLs; whether they make a batch; what the user named)."""
+    """(images: paths relative to the root, or URLs; whether they make a batch; what the user named).
+    Uploads are stored, and the job's inputs (uploads, downloads) recorded as the client's."""
     source = params.validate(params.Source, given)
     uploads = [f for f in request.files.getlist("image") if f.filename or f.content_length]
     if not uploads and request.files:
@@ -82,9 +124,13 @@ def named_images(given: dict, job_id: str) -> tuple[list[str], bool, str]:
             raise params.InvalidParameter(
                 f"{len(uploads)} files were uploaded; the limit is {settings().max_upload_files} (MAX_UPLOAD_FILES)."
             )
-        return store_uploads(uploads, job_id), len(uploads) > 1, "uploaded file" + "s" * (len(uploads) > 1)
+        inputs.record_owner(redis(), job_id, client().name, settings())
+        stored = inputs.store_uploads(settings().images_root, job_id, uploads)
+        return stored, len(uploads) > 1, "uploaded file" + "s" * (len(uploads) > 1)
     if source.imageUrl:
-        return checked_urls(source.imageUrl), len(source.imageUrl) > 1, "image URL" + "s" * (len(source.imageUrl) > 1)
+        urls = checked_urls(source.imageUrl)
+        inputs.record_owner(redis(), job_id, client().name, settings())
+        return urls, len(urls) > 1, "image URL" + "s" * (len(urls) > 1)
     if not source.imagePath:
         raise params.InvalidParameter(
             "Name an image: give imagePath (a file or folder under the images root), imageUrl, "
@@ -94,17 +140,16 @@ def named_images(given: dict, job_id: str) -> tuple[list[str], bool, str]:
 
 
 def path_images(source: params.Source) -> tuple[list[str], bool, str]:
-    """The image imagePath names, or the images of the folder it names (a batch)."""
+    """The image imagePath names, or the images of the folder it names (a batch): what the client may see."""
     root, most = settings().images_root, settings().max_folder_images
-    target = paths.resolve(root, source.imagePath)
+    target = resolve(source.imagePath, "imagePath")
     named = paths.relative(root, target)
     if target.is_file():
         return [named], False, named
-    images = paths.list_images(root, target, source.recursive)
+    images = paths.list_images(root, target, source.recursive, most, client().sees)
     if len(images) > most:
         raise params.InvalidParameter(
-            f"The folder {named!r} holds {len(images)} images; "
-            f"the limit is {most} (MAX_FOLDER_IMAGES): name a subfolder."
+            f"The folder {named!r} holds more than {most} images, the limit (MAX_FOLDER_IMAGES): name a subfolder."
         )
     if not images:
         raise params.InvalidParameter(
@@ -126,16 +171,11 @@ def checked_urls(urls: list[str]) -> list[str]:
         raise params.InvalidParameter(f"Invalid parameter imageUrl: {exc}") from None
 
 
-def store_uploads(uploads, job_id: str) -> list[str]:
-    """Save uploads under <root>/uploads/<jobId>/, each under a safe, distinct name."""
+def resolve(user_path: str, name: str):
+    """The path a user named inside the root, if it is theirs to see (another client's uploads are, to them,
+    nothing at all: the same 404)."""
     root = settings().images_root
-    folder = paths.upload_folder(root, job_id)
-    folder.mkdir(parents=True, exist_ok=True)
-    stored = []
-    for index, upload in enumerate(uploads):
-        name = paths.safe_file_name(upload.filename, f"upload-{index}")
-        if (folder / name).exists():
-            name = f"{index}-{name}"
-        upload.save(folder / name)
-        stored.append(paths.relative(root, folder / name))
-    return stored
+    target = paths.resolve(root, user_path, name)
+    if not client().sees(paths.relative(root, target)):
+        raise paths.PathNotFound(f"Nothing is at {name} {paths.relative(root, target)!r} under the images root.")
+    return target

@@ -8,7 +8,7 @@ from pathlib import Path
 from flask import Blueprint, g, jsonify, request, send_file
 
 from imagejobs import answers, files, jobs, params, paths
-from imagejobs.api.context import redis, settings
+from imagejobs.api.context import client, redis, settings
 
 blueprint = Blueprint("results", __name__)
 
@@ -20,7 +20,7 @@ def result(job_id: str | None = None):
     if not job_id:
         raise params.InvalidParameter("Give the jobId, as /result/<jobId> or /result?jobId=<jobId>.")
     query = params.validate(params.ResultQuery, request.args.to_dict())
-    job = jobs.fetch(redis(), job_id, settings().result_ttl)
+    job = jobs.fetch(redis(), job_id, settings().result_ttl, client().owns)
     g.job_id, g.action = job.id, job.meta.get("action")
     read = answers.wait(redis(), job, query.wait, settings().result_ttl) if query.wait else None
     status, body = answers.describe(redis(), job, read)
@@ -35,7 +35,7 @@ def result_file():
     if not job_id:
         raise params.InvalidParameter("Give the jobId, as /result/file?jobId=<jobId>.")
     query = params.validate(params.FileQuery, request.args.to_dict())
-    status, body = answers.describe(redis(), jobs.fetch(redis(), job_id, settings().result_ttl))
+    status, body = answers.describe(redis(), jobs.fetch(redis(), job_id, settings().result_ttl, client().owns))
     stored = files.load(redis(), job_id)
     if stored is not None and query.index is None:
         data, mimetype = stored
@@ -45,8 +45,9 @@ def result_file():
             as_attachment=True,
             download_name=f"{job_id}{mimetypes.guess_extension(mimetype) or ''}",
         )
-    made = made_file(body.get("result") or {}, query.index)
-    if made is None or not made.is_relative_to(settings().images_root) or not made.is_file():
+    named = made_file(body.get("result") or {}, query.index)
+    made = paths.inside(settings().images_root, named) if named is not None else None
+    if made is None:  # none made, gone since, or (links resolved) not inside the root: nothing to serve
         raise paths.PathNotFound(
             f"Job {job_id} has no file to download there: a finished plot or resize makes one "
             "(in a batch, give the index of an entry that succeeded)."

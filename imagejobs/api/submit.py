@@ -3,10 +3,10 @@ path, uploads or URLs, as one job or a batch."""
 
 from flask import Blueprint, g, jsonify, request
 
-from imagejobs import answers, batch, jobs, metrics, params, tasks
+from imagejobs import answers, batch, inputs, jobs, metrics, params, tasks
 from imagejobs.actions import DEFAULT_ACTION, READ_ACTION, Action
 from imagejobs.api import requests
-from imagejobs.api.context import redis, settings
+from imagejobs.api.context import client, redis, settings
 
 blueprint = Blueprint("submit", __name__)
 
@@ -31,9 +31,13 @@ def enqueue(default_action: str):
     options = params.validate(action.params, given)
     wait = params.validate(params.ResultQuery, given).wait
     job_id = jobs.new_job_id()
-    images, is_batch, named = requests.named_images(given, job_id)
-    options.check_image_count(len(images))
-    job = start_job(action, images, is_batch, options.model_dump(exclude_none=True), job_id, named)
+    try:
+        images, is_batch, named = requests.named_images(given, job_id)
+        options.check_image_count(len(images))
+        job = start_job(action, images, is_batch, options.model_dump(exclude_none=True), job_id, named)
+    except BaseException:  # refused (a bad parameter, a full queue, Redis down...): it leaves nothing on disk
+        inputs.discard(settings().images_root, job_id)
+        raise
     g.job_id, g.action = job_id, action.name
     metrics.ENQUEUED.labels(action.name, "batch" if is_batch else "single").inc()
     metrics.IMAGES.labels(action.name).inc(len(images))
@@ -55,8 +59,9 @@ def enqueue(default_action: str):
 
 def start_job(action: Action, images: list[str], is_batch: bool, options: dict, job_id: str, named: str):
     """The job over the images: one job over all of them (a plot), a batch, or one image's job."""
+    submission = jobs.Submission(redis(), settings(), client().name)
     if not action.per_image:
-        return tasks.enqueue_whole(redis(), settings(), action, images, options, job_id, named)
+        return tasks.enqueue_whole(submission, action, images, options, job_id, named)
     if is_batch:
-        return batch.enqueue(redis(), settings(), action, images, options, job_id)
-    return tasks.enqueue_single(redis(), settings(), action, images[0], options, job_id)
+        return batch.enqueue(submission, action, images, options, job_id)
+    return tasks.enqueue_single(submission, action, images[0], options, job_id)

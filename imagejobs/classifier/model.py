@@ -82,9 +82,9 @@ def preprocess(img: PILImage.Image) -> np.ndarray:
     return pixels
 
 
-def load_image(path, max_pixels: int) -> np.ndarray:
+def load_image(path, max_pixels: int, max_decode_bytes: int = Image.DEFAULT_MAX_DECODE_BYTES) -> np.ndarray:
     """preprocess() of the image at path; raises Image.ImageError for a bad image."""
-    return preprocess(Image.open_rgb(path, max_pixels, DECODE_MIN_SIDE))
+    return preprocess(Image.open_rgb(path, max_pixels, DECODE_MIN_SIDE, max_decode_bytes=max_decode_bytes))
 
 
 def cache_dir() -> Path:
@@ -147,7 +147,9 @@ class Classifier:
         classifier._predict(np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3), np.float32))  # warm up: the first call is slow
         return classifier
 
-    def classify(self, paths: list, top: int, max_pixels: int) -> list:
+    def classify(
+        self, paths: list, top: int, max_pixels: int, max_decode_bytes: int = Image.DEFAULT_MAX_DECODE_BYTES
+    ) -> list:
         """One entry per path, in order: the `top` best {"label", "score"} (score descending) or the
         Image.ImageError for it.
 
@@ -165,7 +167,7 @@ class Classifier:
 
         def submit_next():
             for index, path in todo:
-                window.append((index, pool.submit(_load_for_batch, path, max_pixels)))
+                window.append((index, pool.submit(_load_for_batch, path, max_pixels, max_decode_bytes)))
                 return
 
         for _ in range(2 * BATCH_SIZE):
@@ -203,10 +205,10 @@ class Classifier:
             return self._pool
 
 
-def _load_for_batch(path, max_pixels):
+def _load_for_batch(path, max_pixels, max_decode_bytes):
     """load_image(), with every failure returned as an ImageError (one image's surprise must not stop the rest)."""
     try:
-        return load_image(path, max_pixels)
+        return load_image(path, max_pixels, max_decode_bytes)
     except Image.ImageError as exc:
         return exc
     except Exception as exc:

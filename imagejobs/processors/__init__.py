@@ -13,6 +13,7 @@ and stores what it yields. Heavy libraries (matplotlib, the classifier's) are im
 processor that needs them, so the API, which reads the actions table, never loads them.
 """
 
+import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -50,13 +51,16 @@ class Work:
 
     def locate(self, image: str) -> Path:
         """The file an image names: a path under the root (checked again: the job's arguments came through
-        Redis), or a URL, downloaded now into <root>/downloads/<jobId>/."""
+        Redis), or a URL, downloaded now into <root>/downloads/<jobId>/<a folder of the URL's own>/, so two
+        URLs whose files have the same name never overwrite each other."""
         settings = self.settings
+        root = settings.images_root
         if not downloads.is_url(image):
-            return paths.resolve(settings.images_root, image)
+            return paths.resolve(root, image)
+        folder = paths.download_folder(root, self.job_id) / hashlib.sha256(image.encode()).hexdigest()[:16]
         return downloads.download(
             image,
-            paths.download_folder(settings.images_root, self.job_id),
+            paths.make_folder(root, folder),
             max_bytes=settings.max_download_mb * 1024 * 1024,
             max_pixels=settings.max_image_pixels,
             connect_timeout=settings.url_connect_timeout,

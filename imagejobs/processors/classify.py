@@ -46,7 +46,10 @@ def process(work: Work) -> list[dict]:
         return [{"image": entry["image"], "error": entry.get("error", str(exc))} for entry in entries]
     located = [entry for entry in entries if "result" in entry]
     outcomes = classifier.classify(
-        [entry["result"] for entry in located], work.params.get("top", 5), work.settings.max_image_pixels
+        [entry["result"] for entry in located],
+        work.params.get("top", 5),
+        work.settings.max_image_pixels,
+        work.settings.max_decode_bytes,
     )
     for entry, found in zip(located, outcomes):
         if isinstance(found, Exception):

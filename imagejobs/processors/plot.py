@@ -16,7 +16,10 @@ def draw(work: Work) -> str:
 
     if work.params["kind"] == "histogram":
         path = work.locate(work.images[0])
-        png = plots.histogram_png(work.named, Image.histogram(path, work.settings.max_image_pixels))
+        png = plots.histogram_png(
+            work.named,
+            Image.histogram(path, work.settings.max_image_pixels, max_decode_bytes=work.settings.max_decode_bytes),
+        )
     else:
         entries = list(size.process(work))
         sizes = [entry["result"] for entry in entries if "result" in entry]

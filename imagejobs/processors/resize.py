@@ -16,6 +16,7 @@ def thumbnail(work: Work, path: Path) -> dict:
     source = Image.read_size(path, max_pixels)
     extension = Image.output_extension(source["format"], params.get("format"))
     dest = paths.thumbnail_path(root, paths.relative(root, path), extension)
+    paths.make_folder(root, dest.parent)  # refused if a link on the way leads out of the root
     written = Image.make_thumbnail(
         path,
         dest,
@@ -24,5 +25,6 @@ def thumbnail(work: Work, path: Path) -> dict:
         params.get("fit", "contain"),
         params.get("format"),
         max_pixels,
+        max_decode_bytes=work.settings.max_decode_bytes,
     )
     return {"path": str(dest), **written}
