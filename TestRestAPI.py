@@ -5,6 +5,7 @@ import io
 import json
 import os
 import time
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -67,15 +68,16 @@ def test_resize_by_default_writes_mirrored_thumbnail_and_serves_it(client, folde
     second = submit(client, "POST", data={"imagePath": rel(folder / "Korea" / "a.jpg", images_root)})
     assert first["action"] == "resize"
     made = [result_of(client, body["jobId"])["result"] for body in (first, second)]
-    assert made[0]["path"] == str(images_root / "resized" / rel(folder, images_root) / "Japan" / "a_resized.jpg")
+    # the path a client can use: relative to the images root, never a server path
+    assert made[0]["path"] == f"resized/{rel(folder, images_root)}/Japan/a_resized.jpg"
     assert made[0]["path"] != made[1]["path"]  # same name, two folders: two thumbnails
     for result in made:
-        with PILImage.open(result["path"]) as thumb:
+        with PILImage.open(images_root / result["path"]) as thumb:
             assert thumb.size == (result["width"], result["height"]) and max(thumb.size) == 100
     download = client.get(f"/result/file?jobId={first['jobId']}")
     assert download.status_code == 200 and download.mimetype == "image/jpeg"
     assert f"filename={first['jobId']}.jpg" in download.headers["Content-Disposition"]
-    assert download.data == Path(made[0]["path"]).read_bytes()
+    assert download.data == (images_root / made[0]["path"]).read_bytes()
 
 
 @pytest.mark.parametrize("fit, size", [("contain", (120, 90)), ("cover", (120, 40)), ("stretch", (120, 40))])
@@ -94,7 +96,7 @@ def test_resize_parameters(client, folder, images_root, fit, size):
     )
     result = result_of(client, body["jobId"])["result"]
     assert result["path"].endswith("wide_resized.webp")
-    with PILImage.open(result["path"]) as thumb:
+    with PILImage.open(images_root / result["path"]) as thumb:
         assert thumb.format == "WEBP" and thumb.size == size
 
 
@@ -438,7 +440,23 @@ def test_a_batch_entry_thumbnail_downloads_by_index(client, folder, images_root)
     download = client.get(f"/result/file?jobId={body['jobId']}&index=2")
     assert download.status_code == 200 and download.mimetype == "image/png"
     assert f"filename={body['jobId']}-2.png" in download.headers["Content-Disposition"]
-    assert download.data == Path(entries[2]["result"]["path"]).read_bytes()
+    assert download.data == (images_root / entries[2]["result"]["path"]).read_bytes()
     for index, status in (("1", 404), ("3", 404), ("-1", 400), ("x", 400)):  # failed entry, past the end, malformed
         assert client.get(f"/result/file?jobId={body['jobId']}&index={index}").status_code == status, index
-    assert client.get(f"/result/file?jobId={body['jobId']}").status_code == 404  # a batch has no file of its own
+    # without index: every thumbnail of the batch in one zip, each named by its path under resized/
+    archive = client.get(f"/result/file?jobId={body['jobId']}")
+    assert archive.status_code == 200 and archive.mimetype == "application/zip"
+    assert f'filename="{body["jobId"]}.zip"' in archive.headers["Content-Disposition"]
+    with zipfile.ZipFile(io.BytesIO(archive.data)) as opened:
+        names = opened.namelist()
+        assert names == [f"{rel(folder, images_root)}/a_resized.jpg", f"{rel(folder, images_root)}/c_resized.png"]
+        assert opened.read(names[1]) == (images_root / entries[2]["result"]["path"]).read_bytes()
+
+
+def test_a_batch_that_made_no_files_has_no_zip(client, folder, images_root):
+    copy_sample(PHOTO, folder / "a.jpg")
+    copy_sample(PHOTO, folder / "b.jpg")
+    body = submit(client, "POST", data={"imagePath": rel(folder, images_root), "action": "size"})
+    result_of(client, body["jobId"])
+    answer = client.get(f"/result/file?jobId={body['jobId']}")
+    assert answer.status_code == 404 and "made no files" in answer.get_json()["error"]

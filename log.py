@@ -6,8 +6,14 @@ A line reads::
 
 The message is escaped (control characters, quotes, backslashes), so user input inside it
 can never start a new line or close the quoted field: a log line cannot be forged.
+
+With LOG_FORMAT=json a line is one JSON object with the same fields (and an exception's traceback in
+"exc", and any JSON-serialisable `extra=` field); json.dumps escapes control characters itself::
+
+    {"time": "2026-11-23T02:11:03.123Z", "service": "worker", "script": "tasks.py", "pid": 42, ...}
 """
 
+import json
 import logging
 import os
 import socket
@@ -65,10 +71,40 @@ class _LineFormatter(logging.Formatter):
         )
 
 
+# What every LogRecord has; any other attribute came from `extra=` (job_id and action are named fields).
+_RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "job_id", "action"}
+
+
+class _JsonFormatter(_LineFormatter):
+    def format(self, record: logging.LogRecord) -> str:
+        fields = {
+            "time": self.formatTime(record),
+            "service": self.service,
+            "script": record.filename,
+            "pid": record.process,
+            "job": str(record.job_id),
+            "action": str(record.action),
+            "level": record.levelname,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            fields["exc"] = self.formatException(record.exc_info)
+        for name, value in vars(record).items():
+            if name not in _RECORD_ATTRIBUTES and name not in fields:
+                try:
+                    json.dumps(value, allow_nan=False)
+                except (TypeError, ValueError):
+                    continue  # not JSON-serialisable: left out
+                fields[name] = value
+        # ASCII only: even U+2028 or U+0085, which some readers take for a line break, is escaped.
+        return json.dumps(fields, allow_nan=False)
+
+
 def setup_logging(service: str, level: int = logging.INFO) -> logging.Logger:
     """Send every logger of this process to stdout and to LOGS_DIR/<service>-<host>-<pid>.log (containers
-    share the logs folder and may reuse pids); call once per process."""
-    formatter = _LineFormatter(service)
+    share the logs folder and may reuse pids), as key=value lines or, with LOG_FORMAT=json, JSON objects;
+    call once per process."""
+    formatter = (_JsonFormatter if settings.log_format == "json" else _LineFormatter)(service)
     handlers = [logging.StreamHandler(sys.stdout)]
     try:
         settings.logs_dir.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ import sys
 
 from rq import Worker
 
+from imagejobs import metrics
 from imagejobs.config import settings
 from imagejobs.processors import classify
 from imagejobs.startup import CannotStart, check_writable
@@ -61,6 +62,7 @@ def main(argv=None) -> int:
     )
     log.info("worker %s serving %s", worker.name, ", ".join(args.queues))
     worker.work(logging_level="WARNING")
+    metrics.WORK.flush(redis)  # what was counted since the last beat
     return 0
 
 

@@ -77,5 +77,5 @@ READ_ACTION = "size"  # the one action GET /imageapi runs (it changes nothing on
 
 # Every parameter any action takes, with where the images come from and how long to wait.
 AnyActionParams = params.merged(
-    "AnyActionParams", params.Source, *(action.params for action in ACTIONS.values()), params.ResultQuery
+    "AnyActionParams", params.Source, *(action.params for action in ACTIONS.values()), params.WaitQuery
 )

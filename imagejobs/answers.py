@@ -16,34 +16,51 @@ from RedisConfig import SERIALIZER
 WAIT_SLICE = 5.0
 
 
-def wait(redis: Redis, job: Job, seconds: float, result_ttl: int) -> Result | None:
-    """Hold until the job ends or `seconds` pass, woken by Redis itself, not by polling.
+def wait(redis: Redis, job: Job, seconds: float, result_ttl: int, seen: int | None = None) -> Result | None:
+    """Hold until the job ends or `seconds` pass; for a batch given `seen`, also until progress.done +
+    progress.failed differs from it. Woken by Redis itself, not by polling.
 
     A job's end appends an entry to its result stream (RQ writes it in the same transaction as the
-    status); XREAD BLOCK sleeps in Redis until that entry exists. Reading from the stream's start
-    means an entry written before we began waiting is seen at once: it cannot be missed the way a
-    pub/sub message sent while nobody listened can. The fallback, for an ending that writes no entry
-    (a job cancelled or deleted by hand): the block is cut into slices of WAIT_SLICE seconds and the
-    job is read again between slices, so such an end is noticed within one slice.
+    status); a batch's progress and a cancel append to its events stream (jobs.events_key). XREAD BLOCK
+    on both sleeps in Redis until one of them has an entry newer than the last one seen. Reading the
+    result stream from its start means an end that came before the wait began is seen at once (a
+    pub/sub message sent while nobody listened would be missed); the events stream is read from the
+    entry that was last when progress was first counted, so a change in between is not missed either.
+    The fallback, for an ending that writes no entry (a job deleted by hand): the block is cut into
+    slices of WAIT_SLICE seconds and the job is read again between slices.
 
-    `job` must be fresh (just fetched or enqueued): its status is not read again before the first block,
-    and the job is re-read once after each block (its status and the meta an error sentence went to).
-    Returns the last result entry read, if any, for `describe`, which then need not read it again.
+    `job` must be fresh (just fetched or enqueued). Returns the last result entry read, if any, for
+    `describe`, which then need not read it again.
     """
     deadline = time.monotonic() + seconds
-    stream, seen, result = Result.get_key(job.id), "0-0", None
-    while job.get_status(refresh=False) not in jobs.TERMINAL:
+    results, events = Result.get_key(job.id), jobs.events_key(job.id)
+    positions, result = {results: "0-0", events: "0-0"}, None
+    watch_progress = seen is not None and job.meta.get("kind") == jobs.BATCH
+    if watch_progress:
+        with redis.pipeline() as pipe:
+            pipe.hlen(batch.entries_key(job.id))
+            pipe.xrevrange(events, count=1)
+            handled, last = pipe.execute()
+        if handled != seen:
+            return None
+        positions[events] = last[0][0] if last else "0-0"
+    while not jobs.ended(job):
         left = deadline - time.monotonic()
         if left <= 0:
             break
-        read = redis.xread({stream: seen}, count=1, block=max(1, int(1000 * min(left, WAIT_SLICE))))
-        if read:  # an ending, or a failed attempt that RQ retries (then the next read waits for a newer entry)
-            seen, payload = read[0][1][-1]
-            result = Result.restore(job.id, seen.decode(), payload, connection=redis, serializer=SERIALIZER)
+        read = redis.xread(positions, count=1, block=max(1, int(1000 * min(left, WAIT_SLICE))))
+        for stream, entries in read or ():
+            positions[stream.decode()], payload = entries[-1]
+            if stream.decode() == results:  # an end, or a failed attempt that RQ retries (then wait on)
+                result = Result.restore(
+                    job.id, positions[results].decode(), payload, connection=redis, serializer=SERIALIZER
+                )
         try:
-            job.refresh()
+            jobs.refresh(job)
         except NoSuchJobError:  # deleted while we waited
             raise jobs.gone(job.id, result_ttl) from None
+        if watch_progress and read and batch.handled(redis, job.id) != seen:
+            break
     return result
 
 
@@ -52,11 +69,13 @@ def _iso(moment: datetime | None) -> str | None:
 
 
 def describe(redis: Redis, job: Job, read: Result | None = None) -> tuple[int, dict]:
-    """The HTTP status and body that answer for a job: 200 once it ended, 202 while it runs.
-    `read`: the job's result entry that `wait` read, if any (an ending's saves reading it again)."""
+    """The HTTP status and body that answer for a job: 200 once it ended (finished, failed or canceled),
+    202 while it runs. `read`: the job's result entry that `wait` read, if any (an ending's saves reading
+    it again)."""
     status = job.get_status(refresh=False)
     ended = None
-    if status in jobs.TERMINAL:
+    canceled = jobs.canceled_at(job)
+    if status in jobs.TERMINAL and canceled is None:
         ended = read if read is not None and read.type != Result.Type.RETRIED else job.latest_result()
     is_batch = job.meta.get("kind") == jobs.BATCH
     batch_started = batch.started_at(redis, job.id) if is_batch else None
@@ -73,6 +92,12 @@ def describe(redis: Redis, job: Job, read: Result | None = None) -> tuple[int, d
         body["endedAt"] = _iso(ended.execution_ended_at or ended.created_at)
     if batch_started:
         body["startedAt"] = batch_started
+    if canceled is not None:
+        body.update(status="canceled", endedAt=canceled)
+        if is_batch:
+            body["progress"] = batch.progress(redis, job.id)
+            body["entries"] = batch.made(redis, job.id)
+        return 200, body
     if status == JobStatus.FINISHED and ended is not None:
         body["result"] = ended.return_value
         return 200, body

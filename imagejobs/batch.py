@@ -29,7 +29,7 @@ from redis import Redis
 from rq import Queue, Worker, get_current_job
 from rq.job import Job, JobStatus
 
-from imagejobs import jobs, tasks
+from imagejobs import jobs, metrics, tasks
 from imagejobs.actions import ACTIONS, Action
 from imagejobs.config import settings as worker_settings
 from RedisConfig import SERIALIZER, queue
@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 
 # Long enough for a batch of thousands of images to run; the finished result then lives RESULT_TTL.
 BATCH_KEY_TTL = 7 * 24 * 3600
+# A chunk writes its entries this often or this many at a time: a waiting page sees progress within
+# FLUSH_EVERY, and a cancel stops new images within about FLUSH_EVERY plus one image.
+FLUSH_EVERY = 0.25
+FLUSH_AT = 16
 # Fewer images than this per chunk and RQ's per-job cost (~10 ms) starts to weigh against ~10 ms per thumbnail.
 MIN_CHUNK = 4
 PARTS = ("", "entries", "failed", "chunks")
@@ -99,39 +103,80 @@ def enqueue(submission: jobs.Submission, action: Action, images: list[str], para
 
 
 def run_chunk(batch_id: str, action: str, chunk: int, offset: int, images: list[str], params: dict) -> dict:
-    """Part of a batch: each image's entry goes to the batch record as it is made."""
+    """Part of a batch: each image's entry goes to the batch record as it is made (a few at a time), and
+    the chunk starts no new image once the batch is canceled."""
     work = tasks.current_work(images, params, batch_id)
-    redis = work.redis
-    redis.hsetnx(_key(batch_id), "startedAt", _now())
+    recorder = Recorder(work.redis, batch_id, action)
+    work.redis.hsetnx(_key(batch_id), "startedAt", _now())
     started = time.perf_counter()
-    failed = 0
     for index, entry in enumerate(ACTIONS[action].process(work), start=offset):
-        record(redis, batch_id, index, entry)
-        failed += "error" in entry
+        if recorder.add(index, entry):
+            break  # canceled: what is done is kept, nothing new starts
+    recorder.flush()
+    metrics.WORK.job(action, time.perf_counter() - started)
     log.info(
-        "%s chunk %d of batch %s: %d images, %d failed, in %.1f ms",
+        "%s chunk %d of batch %s: %d images, %d failed, in %.1f ms%s",
         action,
         chunk,
         batch_id,
-        len(images),
-        failed,
+        recorder.recorded,
+        recorder.failed,
         1000 * (time.perf_counter() - started),
+        " (the batch was canceled)" if recorder.canceled else "",
     )
-    end_chunk(redis, batch_id, chunk)
-    return {"images": len(images), "failed": failed}
+    end_chunk(work.redis, batch_id, chunk)
+    return {"images": recorder.recorded, "failed": recorder.failed}
 
 
-def record(redis: Redis, batch_id: str, index: int, entry: dict) -> None:
-    """Store one image's entry; idempotent, so a re-run chunk rewrites rather than adds."""
-    with redis.pipeline() as pipe:
-        pipe.hset(_key(batch_id, "entries"), str(index), json.dumps(entry))
-        if "error" in entry:
-            pipe.sadd(_key(batch_id, "failed"), index)
-        else:
-            pipe.srem(_key(batch_id, "failed"), index)
-        for part in ("entries", "failed"):
-            pipe.expire(_key(batch_id, part), BATCH_KEY_TTL)
-        pipe.execute()
+class Recorder:
+    """One chunk's entries, on their way to the batch record: kept back until FLUSH_AT of them or
+    FLUSH_EVERY seconds, then written in one round trip, with an event that wakes the batch's waiting
+    requests and a look at whether the batch was canceled. (One round trip an image cost more than the
+    image itself for small work.) Entries are stored by image index, so a re-run chunk rewrites rather
+    than adds."""
+
+    def __init__(self, redis: Redis, batch_id: str, action: str):
+        self.redis, self.batch_id, self.action = redis, batch_id, action
+        self.pending: dict[int, dict] = {}
+        self.recorded = self.failed = 0
+        self.canceled = False
+        self.flushed_at = self.last_entry_at = time.monotonic()
+
+    def add(self, index: int, entry: dict) -> bool:
+        """Keep an entry (and count how long its image took: since the one before); write what is kept
+        when it is time. True once the batch is canceled."""
+        now = time.monotonic()
+        metrics.WORK.image(self.action, now - self.last_entry_at, failed="error" in entry)
+        self.last_entry_at = now
+        self.pending[index] = entry
+        self.recorded += 1
+        self.failed += "error" in entry
+        if len(self.pending) >= FLUSH_AT or time.monotonic() - self.flushed_at >= FLUSH_EVERY:
+            self.flush()
+        return self.canceled
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        entries, failed = _key(self.batch_id, "entries"), _key(self.batch_id, "failed")
+        bad = [index for index, entry in self.pending.items() if "error" in entry]
+        good = [index for index, entry in self.pending.items() if "error" not in entry]
+        with self.redis.pipeline() as pipe:
+            pipe.hset(entries, mapping={str(index): json.dumps(entry) for index, entry in self.pending.items()})
+            if bad:
+                pipe.sadd(failed, *bad)
+            if good:
+                pipe.srem(failed, *good)
+            for key in (entries, failed, jobs.events_key(self.batch_id)):
+                pipe.expire(key, BATCH_KEY_TTL)
+            pipe.xadd(jobs.events_key(self.batch_id), {"recorded": len(self.pending)}, maxlen=jobs.EVENTS_MAXLEN)
+            pipe.hexists(Job.key_for(self.batch_id), jobs.CANCELED_AT)
+            *_, canceled = pipe.execute()
+        self.pending.clear()
+        self.flushed_at = time.monotonic()
+        if canceled and not self.canceled:  # the record then goes with the canceled job's answer
+            expire(self.redis, self.batch_id, worker_settings.result_ttl)
+        self.canceled = bool(canceled)
 
 
 def end_chunk(redis: Redis, batch_id: str, chunk: int) -> None:
@@ -161,12 +206,32 @@ def finish(batch_id: str, images: list[str]) -> dict:
     redis = get_current_job().connection
     entries = collect(redis, batch_id, images)
     failed = sum("error" in entry for entry in entries)
-    with redis.pipeline() as pipe:  # the record goes with the result; kept till then so this job stays idempotent
-        for part in PARTS:
-            pipe.expire(_key(batch_id, part), worker_settings.result_ttl)
-        pipe.execute()
+    expire(redis, batch_id, worker_settings.result_ttl)  # with the result; kept till then: this job is idempotent
     log.info("batch %s finished: %d images, %d failed", batch_id, len(entries), failed)
     return {"total": len(entries), "done": len(entries) - failed, "failed": failed, "images": entries}
+
+
+def cancel(redis: Redis, batch_id: str, result_ttl: int) -> None:
+    """Take the batch's chunks that still wait off their queue (the running ones stop themselves at their
+    next write: Recorder.flush), so it starts no new image; its record goes with its answer."""
+    expire(redis, batch_id, result_ttl)
+    chunks = int(redis.hget(_key(batch_id), "chunks") or 0)
+    for chunk in Job.fetch_many([f"{batch_id}-{number}" for number in range(chunks)], redis, SERIALIZER):
+        if chunk is not None and chunk.get_status(refresh=False) == JobStatus.QUEUED:
+            chunk.cancel()
+
+
+def made(redis: Redis, batch_id: str) -> list[dict]:
+    """The entries recorded so far, in the order of their images (for a canceled batch)."""
+    stored = redis.hgetall(_key(batch_id, "entries"))
+    return [json.loads(stored[index]) for index in sorted(stored, key=int)]
+
+
+def expire(redis: Redis, batch_id: str, seconds: int) -> None:
+    with redis.pipeline() as pipe:
+        for key in (*(_key(batch_id, part) for part in PARTS), jobs.events_key(batch_id)):
+            pipe.expire(key, seconds)
+        pipe.execute()
 
 
 def collect(redis: Redis, batch_id: str, images: list[str]) -> list[dict]:
@@ -180,6 +245,16 @@ def collect(redis: Redis, batch_id: str, images: list[str]) -> list[dict]:
 
 
 # --- watching it (the API) ---------------------------------------------------------------------------
+
+
+def entries_key(batch_id: str) -> str:
+    """The hash of the batch's entries by image index: its length is progress.done + progress.failed."""
+    return _key(batch_id, "entries")
+
+
+def handled(redis: Redis, batch_id: str) -> int:
+    """progress.done + progress.failed: the images that have an entry."""
+    return redis.hlen(entries_key(batch_id))
 
 
 def progress(redis: Redis, batch_id: str) -> dict | None:

@@ -4,6 +4,7 @@ import hashlib
 import re
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -22,6 +23,9 @@ class Settings(BaseSettings):
     )
     images_dir: Path = Path("images")
     logs_dir: Path = Path("logs")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text: key=value lines; json: one JSON object a line"
+    )
     result_ttl: int = Field(500, ge=1)
     port: int = Field(5000, ge=1, le=65535)
     bind_host: str | None = Field(None, description="default: 127.0.0.1 without API_TOKENS, all interfaces with them")

@@ -8,6 +8,7 @@ The job a user sees is a *single* job (one image, or a plot over several: tasks.
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from redis import Redis
 from rq import Callback, Queue, Retry
@@ -19,6 +20,10 @@ from RedisConfig import SERIALIZER
 
 SINGLE, BATCH, CHUNK = "single", "batch", "chunk"  # job.meta["kind"]
 TERMINAL = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
+# When the user canceled the job: a field of the job's own hash (rq:job:<id>), which RQ reads past and
+# never rewrites, so it comes with every read of the job, in the same round trip.
+CANCELED_AT = "imagejobCanceledAt"
+EVENTS_MAXLEN = 1  # a job's events stream says only "something changed since": its last entry is enough
 
 
 def new_job_id() -> str:
@@ -80,16 +85,67 @@ class JobNotFound(LookupError):
     pass
 
 
+class JobEnded(Exception):
+    """The job ended before it could be canceled (409)."""
+
+
+def events_key(job_id: str) -> str:
+    """A stream a waiting request blocks on beside the job's result stream: a batch's chunks add to it as
+    entries are recorded, a cancel adds to it; so a wait wakes on progress and on a cancel at once."""
+    return f"imagejob:events:{job_id}"
+
+
 def fetch(redis: Redis, job_id: str, result_ttl: int, owned: Callable[[Job], bool] = lambda job: True) -> Job:
     """The user's job (a single or batch job; chunks are internal) if `owned` says it is theirs; else, as
-    once it expired, JobNotFound, with the same sentence whether the job is someone else's or none at all."""
+    once it expired, JobNotFound, with the same sentence whether the job is someone else's or none at all.
+    job.canceled_at is when the user canceled it (None if they did not)."""
     try:
-        job = Job.fetch(job_id, connection=redis, serializer=SERIALIZER)
+        job = refresh(Job(job_id, connection=redis, serializer=SERIALIZER))
     except (NoSuchJobError, ValueError):  # ValueError: not even a well-formed job id
         raise gone(job_id, result_ttl) from None
     if job.meta.get("kind") not in (SINGLE, BATCH) or not owned(job):
         raise gone(job_id, result_ttl)
     return job
+
+
+def refresh(job: Job) -> Job:
+    """The job read afresh from Redis, with when it was canceled, in one round trip (NoSuchJobError if gone)."""
+    data = job.connection.hgetall(job.key)
+    if not data:
+        raise NoSuchJobError(job.id)
+    job.restore(data)
+    canceled = data.get(CANCELED_AT.encode())
+    job.canceled_at = canceled.decode() if canceled else None
+    return job
+
+
+def canceled_at(job: Job) -> str | None:
+    """When the user canceled the job, as of its last read (None: not canceled, or a job just enqueued)."""
+    return getattr(job, "canceled_at", None)
+
+
+def ended(job: Job) -> bool:
+    return canceled_at(job) is not None or job.get_status(refresh=False) in TERMINAL
+
+
+def cancel(redis: Redis, job: Job, result_ttl: int) -> None:
+    """Cancel a job that has not ended: mark it (the mark wakes its waiters), take it off its queue if it
+    waits there, and let it expire RESULT_TTL from now unless its end sets that. A batch's chunks are
+    batch.py's to stop. JobEnded if it had ended already."""
+    if ended(job):
+        status = "canceled" if canceled_at(job) else job.get_status(refresh=False).value
+        raise JobEnded(f"Job {job.id} has already ended ({status}); there is nothing to cancel.")
+    job.canceled_at = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    queued = job.get_status(refresh=False) == JobStatus.QUEUED
+    with redis.pipeline() as pipe:
+        pipe.hset(job.key, CANCELED_AT, job.canceled_at)
+        pipe.xadd(events_key(job.id), {"canceled": job.canceled_at}, maxlen=EVENTS_MAXLEN)
+        pipe.expire(events_key(job.id), result_ttl)
+        if job.get_status(refresh=False) != JobStatus.STARTED:  # a running job's end sets its own expiry
+            pipe.expire(job.key, result_ttl)
+        pipe.execute()
+    if queued:
+        job.cancel()  # RQ takes it off its queue: it never runs
 
 
 def gone(job_id: str, result_ttl: int) -> JobNotFound:

@@ -5,6 +5,7 @@ A request's parameters may come from the query string, form fields or a JSON bod
 them into one dict and validates it here, before anything is enqueued.
 """
 
+import difflib
 import json
 from typing import Literal
 
@@ -110,10 +111,22 @@ class BrowseQuery(Params):
     )
 
 
-class ResultQuery(Params):
+class WaitQuery(Params):
     wait: float = Field(
         0, ge=0, le=30, description="seconds to hold the answer until the job ends (then 200 with its result)"
     )
+
+
+class ResultQuery(WaitQuery):
+    seen: int | None = Field(
+        None,
+        ge=0,
+        description="with wait, for a batch: answer as soon as progress.done + progress.failed differs from this",
+    )
+
+
+class JobQuery(Params):
+    jobId: str = Field(min_length=1, max_length=200, description="the jobId an enqueue answered")
 
 
 def merged(name: str, *models: type[Params]) -> type[Params]:
@@ -175,6 +188,28 @@ def load_json(text: str | bytes):
 
 class InvalidParameter(ValueError):
     """A parameter failed validation; str() names it in one sentence."""
+
+
+def takes(*names: str, models: tuple[type[Params], ...] = ()):
+    """Mark a view with the parameters it knows (these names and the models' fields): any other is a 400."""
+    known = frozenset(names).union(*(model.model_fields for model in models))
+
+    def mark(view):
+        view.takes = known
+        return view
+
+    return mark
+
+
+def reject_unknown(given, known: frozenset[str]) -> None:
+    """InvalidParameter naming the first parameter not in known, and the nearest known name if one is close
+    (a typo like widht=20 would otherwise be ignored, and the job run with the default)."""
+    for name in given:
+        if name in known:
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; this route takes {', '.join(sorted(known)) or 'none'}."
+        raise InvalidParameter(f"Unknown parameter {name!r}{hint}")
 
 
 def validate(model: type[Params], values: dict, strict: bool = False) -> Params:

@@ -16,7 +16,7 @@ from rq.exceptions import AbandonedJobError
 from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
-from imagejobs import config, jobs
+from imagejobs import config, jobs, metrics
 from imagejobs.actions import ACTIONS, Action
 from imagejobs.processors import ImageJobError, Work
 from RedisConfig import queue
@@ -61,13 +61,10 @@ def current_work(images: list[str], params: dict, named: str) -> Work:
 def run_single(action: str, image: str, params: dict) -> dict:
     started = time.perf_counter()
     entry = only_entry(ACTIONS[action], current_work([image], params, image))
-    log.info(
-        "%s %s in %.1f ms%s",
-        action,
-        image,
-        1000 * (time.perf_counter() - started),
-        " (failed)" if "error" in entry else "",
-    )
+    took = time.perf_counter() - started
+    metrics.WORK.image(action, took, failed="error" in entry)
+    metrics.WORK.job(action, took)
+    log.info("%s %s in %.1f ms%s", action, image, 1000 * took, " (failed)" if "error" in entry else "")
     return result_of(entry)
 
 
@@ -75,7 +72,9 @@ def run_whole(action: str, images: list[str], params: dict, named: str) -> dict:
     """An action over all the images at once; a bad image here fails the job with its sentence."""
     started = time.perf_counter()
     entry = only_entry(ACTIONS[action], current_work(images, params, named))
-    log.info("%s of %s (%d images) in %.1f ms", action, named, len(images), 1000 * (time.perf_counter() - started))
+    took = time.perf_counter() - started
+    metrics.WORK.job(action, took)
+    log.info("%s of %s (%d images) in %.1f ms", action, named, len(images), 1000 * took)
     return result_of(entry)
 
 

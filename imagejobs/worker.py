@@ -27,7 +27,7 @@ import time
 from rq import SimpleWorker
 from rq.job import Job
 
-from imagejobs import batch, config, inputs, jobs, tasks
+from imagejobs import batch, config, inputs, jobs, metrics, tasks
 
 HEARTBEAT_TTL = 30  # seconds a running job's heartbeat lasts; the beat is renewed every third of that
 MAINTENANCE_INTERVAL = 15  # seconds between a worker's looks for abandoned jobs
@@ -105,17 +105,18 @@ class ImageWorker(SimpleWorker):
 
     def _beat(self) -> None:
         """One thread for the worker's life (a thread per job cost ~0.1 ms a job): every third of
-        HEARTBEAT_TTL it renews the heartbeat of the job running then. RQ's heartbeat only updates
-        what still exists (XX), so a beat that races with the job's end leaves nothing behind."""
+        HEARTBEAT_TTL it renews the heartbeat of the job running then, and adds what this process counted
+        (metrics.WORK) to Redis. RQ's heartbeat only updates what still exists (XX), so a beat that races
+        with the job's end leaves nothing behind."""
         while True:
             time.sleep(HEARTBEAT_TTL / 3)
             job = self._running
-            if job is None:
-                continue
             try:
-                self.maintain_heartbeats(job)
+                metrics.WORK.flush(self.connection)
+                if job is not None:
+                    self.maintain_heartbeats(job)
             except Exception as exc:  # the job may just have ended, or Redis blinked: the next beat tries again
-                logging.getLogger(__name__).debug("heartbeat of job %s skipped: %s", job.id, exc)
+                logging.getLogger(__name__).debug("heartbeat skipped: %s", exc)
 
 
 def _name(function) -> str:

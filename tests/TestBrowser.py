@@ -1,7 +1,7 @@
 """The web page in a real browser (Debian's Chromium, driven by Playwright) against `python run.py`.
 
 Each state a test reaches is saved as a screenshot under test-artifacts/ (git-ignored); a finished
-batch is also saved as docs/page.png, the README's picture of the page.
+batch is also saved there as page.png, a candidate for the README's picture (docs/page.png, copied by hand).
 """
 
 import base64
@@ -225,7 +225,7 @@ def test_a_folder_batch_reaches_its_total_and_the_text_file_fails_alone(page):
     assert 1 <= len(polls) <= 3 and all(url.endswith("?wait=25") for url in polls), polls
     shot(page, "folder-batch")
     page.evaluate("window.scrollTo(0, 0)")
-    page.screenshot(path=str(ROOT / "docs" / "page.png"))
+    page.screenshot(path=str(ARTIFACTS / "page.png"))
 
 
 def test_classifying_the_castle_says_castle(page):

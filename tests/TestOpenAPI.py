@@ -13,7 +13,7 @@ def test_the_document_describes_exactly_the_apps_routes(app, client):
     document = client.get("/openapi.json").get_json()
     documented = {(path, method.upper()) for path, item in document["paths"].items() for method in item}
     served = {
-        (re.sub(r"<(?:path:)?(\w+)>", lambda m: "{" + {"job_id": "jobId"}.get(m[1], m[1]) + "}", rule.rule), method)
+        (re.sub(r"<(?:\w+:)?(\w+)>", lambda m: "{" + {"job_id": "jobId"}.get(m[1], m[1]) + "}", rule.rule), method)
         for rule in app.url_map.iter_rules()
         for method in rule.methods - {"HEAD", "OPTIONS"}
     }

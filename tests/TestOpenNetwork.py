@@ -86,7 +86,7 @@ def test_a_thumbnail_replaced_by_a_link_out_of_the_root_is_not_served(client, fo
     # Tried: a finished thumbnail, replaced by a symlink to /etc/passwd. Before: /result/file served it. Now: 404.
     copy_sample(PHOTO, folder / "a.jpg")
     body = submit(client, "POST", data={"imagePath": rel(folder / "a.jpg", images_root)})
-    made = Path(result_of(client, body["jobId"])["result"]["path"])
+    made = images_root / result_of(client, body["jobId"])["result"]["path"]
     assert client.get(f"/result/file?jobId={body['jobId']}").status_code == 200
     made.unlink()
     made.symlink_to("/etc/passwd")
@@ -137,7 +137,7 @@ def test_inputs_past_their_lifetime_are_swept_once_their_job_ended(client, image
     body = submit(
         client, "POST", data={"image": (io.BytesIO(jpeg_bytes()), "a.jpg")}, content_type="multipart/form-data"
     )
-    thumbnail = Path(result_of(client, body["jobId"])["result"]["path"])
+    thumbnail = images_root / result_of(client, body["jobId"])["result"]["path"]
     ended = images_root / "uploads" / body["jobId"]
     queued_id = "queued-" + body["jobId"]
     pending = images_root / "uploads" / queued_id

@@ -18,11 +18,20 @@ No image code lives here: the API validates, enqueues and answers.
 
 from flask import Flask
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
+from werkzeug.routing import BaseConverter
 
 from imagejobs import config
 from imagejobs.api import browse, dashboard, docs, errors, hooks, operators, results, submit
 from imagejobs.api.context import Service
 from RedisConfig import connect
+
+
+class JobIdConverter(BaseConverter):
+    """A jobId in a path: never "file", so /result/file is only ever the file route (and its Allow header
+    names its own methods, not those of /result/<jobId>)."""
+
+    regex = r"(?!file$)[^/]+"
+
 
 FORM_FIELDS = 100  # a form's parts beside its files: the parameters, with room to spare
 
@@ -33,6 +42,7 @@ def create_app(settings: config.Settings | None = None) -> Flask:
     settings = settings or config.settings
     settings.check()
     app = Flask(__name__)
+    app.url_map.converters["job"] = JobIdConverter
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_mb * 1024 * 1024
     app.config["MAX_FORM_PARTS"] = settings.max_upload_files + FORM_FIELDS  # past it, our sentence names the limit
     app.json.sort_keys = False

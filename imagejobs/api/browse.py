@@ -1,7 +1,10 @@
-"""GET /images?path=P: the folders and images directly inside a folder of the images root (read-only),
-for the page's folder browser."""
+"""The images root, read-only: GET /images?path=P lists the folders and images directly inside a folder
+(the page's folder browser); GET /images/file?path=P serves one image (a thumbnail under resized/, or
+any image), so every thumbnail can be fetched over HTTP after its job's result has expired."""
 
-from flask import Blueprint, jsonify, request
+import mimetypes
+
+from flask import Blueprint, jsonify, request, send_file
 
 from imagejobs import params, paths
 from imagejobs.api import requests
@@ -11,6 +14,7 @@ blueprint = Blueprint("browse", __name__)
 
 
 @blueprint.get("/images")
+@params.takes(models=(params.BrowseQuery,))
 def browse_images():
     root = settings().images_root
     folder = requests.resolve(params.validate(params.BrowseQuery, request.args.to_dict()).path, "path")
@@ -18,3 +22,14 @@ def browse_images():
         raise params.InvalidParameter(f"path {paths.relative(root, folder)!r} is a file, not a folder.")
     folders, images = paths.browse(root, folder, client().sees)
     return jsonify({"path": paths.relative(root, folder), "folders": folders, "images": images})
+
+
+@blueprint.get("/images/file")
+@params.takes(models=(params.BrowseQuery,))
+def image_file():
+    root = settings().images_root
+    target = requests.resolve(params.validate(params.BrowseQuery, request.args.to_dict()).path, "path")
+    served = paths.inside(root, target) if paths.is_image_name(target.name) else None
+    if served is None:
+        raise params.InvalidParameter(f"path {paths.relative(root, target)!r} is not an image file.")
+    return send_file(served, mimetype=mimetypes.guess_type(served.name)[0] or "application/octet-stream")

@@ -1,7 +1,11 @@
-"""What describes the service: GET /openapi.json, GET /actions (the actions, their parameters and the
-server's limits, which the page builds its form from), and the page itself (GET /, /static/...)."""
+"""What describes the service: GET /openapi.json, GET /docs (Swagger UI over it, every file of it served
+from the flask-swagger-ui package by the service itself), GET /actions (the actions, their parameters
+and the server's limits, which the page builds its form from), and the page itself (GET /, /static/...)."""
 
-from flask import Blueprint, current_app, jsonify
+from pathlib import Path
+
+import flask_swagger_ui
+from flask import Blueprint, abort, current_app, jsonify, request, send_from_directory
 
 from Image import IMAGE_EXTENSIONS
 from imagejobs import params
@@ -12,12 +16,31 @@ from imagejobs.api.context import settings
 blueprint = Blueprint("docs", __name__)
 
 
+SWAGGER_UI = Path(flask_swagger_ui.__file__).parent / "dist"
+SWAGGER_FILES = {"swagger-ui.css", "index.css", "swagger-ui-bundle.js", "swagger-ui-standalone-preset.js"}
+
+
 @blueprint.get("/openapi.json")
+@params.takes()
 def openapi_document():
-    return jsonify(openapi.document())
+    return jsonify(openapi.document(request.script_root or "/"))
+
+
+@blueprint.get("/docs")
+def docs():
+    """Swagger UI over /openapi.json: every request it makes carries the page's token (as the page's own do)."""
+    return current_app.send_static_file("docs.html")
+
+
+@blueprint.get("/docs/<name>")
+def docs_file(name: str):
+    if name not in SWAGGER_FILES:
+        abort(404)
+    return send_from_directory(SWAGGER_UI, name, max_age=3600)
 
 
 @blueprint.get("/actions")
+@params.takes()
 def actions():
     limits = settings()
     return jsonify(

@@ -31,6 +31,10 @@ def not_found(exc):
     return error(404, str(exc))
 
 
+def conflict(exc):
+    return error(409, str(exc))
+
+
 def queue_full(exc):
     return jsonify({"error": str(exc)}), 429, {"Retry-After": str(QUEUE_FULL_RETRY_AFTER)}
 
@@ -62,6 +66,7 @@ def internal_error(exc):
 HANDLERS = (
     ((params.InvalidParameter, paths.PathRefused), bad_request),
     ((paths.PathNotFound, jobs.JobNotFound), not_found),
+    ((jobs.JobEnded,), conflict),
     ((jobs.QueueFull,), queue_full),
     ((HTTPException,), http_error),
     ((RedisConnectionError, RedisTimeoutError, RedisNotConfigured), redis_down),

@@ -6,14 +6,16 @@ import re
 import time
 from urllib.parse import parse_qsl, urlencode
 
-from flask import Flask, g, jsonify, request
+from flask import Flask, current_app, g, jsonify, request
 
-from imagejobs import metrics
+from imagejobs import metrics, params
 from imagejobs.api.context import redis, settings
 from imagejobs.clients import ANONYMOUS, Client
 
 log = logging.getLogger("api")
-PUBLIC_ROUTES = {"/health", "/", "/actions"}  # and /static/: the page and what it is built from carry no data
+# And /static/... and /docs/...: the page, the documentation's page and what they are built from carry no data.
+PUBLIC_ROUTES = {"/health", "/", "/actions", "/docs"}
+PUBLIC_PREFIXES = ("/static/", "/docs/")
 # Query parameters whose values are secrets whatever the route (a token sent the wrong way): never logged.
 SECRET_NAMES = re.compile(r"token|key|secret|passw|auth|sig|credential|session", re.IGNORECASE)
 METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}  # any other is counted as "other"
@@ -47,7 +49,7 @@ def identify():
     if name is not None:
         g.client = Client(name, redis())
         return None
-    if request.path in PUBLIC_ROUTES or request.path.startswith("/static/"):
+    if request.path in PUBLIC_ROUTES or request.path.startswith(PUBLIC_PREFIXES):
         return None
     return (
         jsonify({"error": "This service needs a token: send the header Authorization: Bearer <token>."}),
@@ -84,7 +86,16 @@ def account(response):
     return response
 
 
+def known_parameters():
+    """A query parameter the route does not take is a 400 naming it (routes say what they take with
+    params.takes; the page and its assets take anything)."""
+    known = getattr(current_app.view_functions.get(request.endpoint), "takes", None)
+    if known is not None:
+        params.reject_unknown(request.args.keys(), known)
+
+
 def register(app: Flask) -> None:
     app.before_request(start_timer)
     app.before_request(identify)
+    app.before_request(known_parameters)
     app.after_request(account)

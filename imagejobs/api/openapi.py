@@ -33,13 +33,16 @@ class Progress(BaseModel):
 class JobAnswer(BaseModel):
     jobId: str
     action: str | None
-    status: Literal["queued", "started", "finished", "failed"]
+    status: Literal["queued", "started", "finished", "failed", "canceled"]
     enqueuedAt: str | None
     startedAt: str | None
-    endedAt: str | None
+    endedAt: str | None = Field(description="when it ended: finished, failed, or was canceled")
     result: dict[str, Any] | None = Field(None, description="once finished: the action's result")
     error: str | None = Field(None, description="once failed: one sentence a user can act on")
-    progress: Progress | None = Field(None, description="while a batch runs")
+    progress: Progress | None = Field(None, description="while a batch runs, and once it was canceled")
+    entries: list[dict[str, Any]] | None = Field(
+        None, description="a canceled batch: the entries made before the cancel, in the order of their images"
+    )
 
 
 class Listing(BaseModel):
@@ -120,6 +123,7 @@ ERRORS = {
     401: "a token is needed (API_TOKENS is set)",
     404: "no such file, job or route",
     405: "method not allowed",
+    409: "the job has already ended: there is nothing to cancel",
     413: "the upload is too large",
     415: "unsupported request body",
     429: "the queue is full; retry after Retry-After seconds",
@@ -172,6 +176,8 @@ def _query(properties: dict, required=()) -> list[dict]:
 
 ACTION = {"type": "string", "enum": list(ACTIONS), "description": f"what to do (POST default: {DEFAULT_ACTION})"}
 JOB_ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]+$", "description": "the jobId an enqueue answered"}
+JOB_ID_QUERY = {"name": "jobId", "in": "query", "required": True, "schema": JOB_ID}
+JOB_ID_PATH = {"name": "jobId", "in": "path", "required": True, "schema": JOB_ID}
 
 
 def _enqueue_answers() -> dict:
@@ -189,14 +195,33 @@ def _enqueue_answers() -> dict:
 
 def _result_answers() -> dict:
     return {
-        "200": _json(JobAnswer, "the job ended: finished with a result, or failed with an error"),
+        "200": _json(JobAnswer, "the job ended: finished with a result, failed with an error, or canceled"),
         "202": _json(JobAnswer, "the job is queued or running (a batch shows its progress)"),
         **_errors(400, 404),
     }
 
 
-def document() -> dict:
-    """The whole document, built from the models."""
+def _cancel(operation_id: str, job_id: dict) -> dict:
+    return {
+        "operationId": operation_id,
+        "summary": "Cancel a job: a queued job never runs, a running batch starts no new image; what is done is kept",
+        "parameters": [job_id],
+        "responses": {
+            "200": _json(JobAnswer, "canceled: the job's answer (status canceled, a batch's progress and entries)"),
+            **_errors(400, 404, 409),
+        },
+    }
+
+
+def _binary(description: str, media_types) -> dict:
+    return {"description": description, "content": {media: {"schema": {"type": "string"}} for media in media_types}}
+
+
+IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "image/tiff")
+
+
+def document(server: str = "/") -> dict:
+    """The whole document, built from the models; `server` is where the service answers (its servers)."""
     fields = {"action": ACTION, **_properties(AnyActionParams)}
     # In a JSON body, null means "not given" (the query's value or the default applies).
     body = {
@@ -254,22 +279,25 @@ def document() -> dict:
                 "get": {
                     "operationId": "getResult",
                     "summary": "A job's status and result",
-                    "parameters": [{"name": "jobId", "in": "query", "required": True, "schema": JOB_ID}, *wait],
+                    "parameters": [JOB_ID_QUERY, *wait],
                     "responses": _result_answers(),
-                }
+                },
+                "delete": _cancel("cancel", JOB_ID_QUERY),
             },
             "/result/{jobId}": {
                 "get": {
                     "operationId": "getResultById",
                     "summary": "A job's status and result",
-                    "parameters": [{"name": "jobId", "in": "path", "required": True, "schema": JOB_ID}, *wait],
+                    "parameters": [JOB_ID_PATH, *wait],
                     "responses": _result_answers(),
-                }
+                },
+                "delete": _cancel("cancelById", JOB_ID_PATH),
             },
             "/result/file": {
                 "get": {
                     "operationId": "getResultFile",
-                    "summary": "The file a finished job made (thumbnail or plot), as an attachment",
+                    "summary": "The file a finished job made (thumbnail or plot), as an attachment; for a batch of "
+                    "thumbnails, a zip of them named by their paths under resized/ (index=N: entry N's alone)",
                     "parameters": [
                         {"name": "jobId", "in": "query", "required": True, "schema": JOB_ID},
                         *_query(params.FileQuery.model_json_schema()["properties"]),
@@ -279,7 +307,7 @@ def document() -> dict:
                             "description": "the file",
                             "content": {
                                 media: {"schema": {"type": "string", "format": "binary"}}
-                                for media in ("image/png", "image/jpeg", "image/webp")
+                                for media in ("image/png", "image/jpeg", "image/webp", "application/zip")
                             },
                         },
                         **_errors(400, 404),
@@ -316,6 +344,29 @@ def document() -> dict:
                     "summary": "The folders and images directly inside a folder of the images root",
                     "parameters": _query(params.BrowseQuery.model_json_schema()["properties"]),
                     "responses": {"200": _json(Listing, "the folder's contents"), **_errors(400, 404)},
+                }
+            },
+            "/images/file": {
+                "get": {
+                    "operationId": "imageFile",
+                    "summary": "One image under the images root (a thumbnail under resized/, say)",
+                    "parameters": _query(params.BrowseQuery.model_json_schema()["properties"], required=("path",)),
+                    "responses": {"200": _binary("the image", IMAGE_TYPES), **_errors(400, 404)},
+                }
+            },
+            "/docs": {
+                "get": {
+                    "operationId": "docs",
+                    "summary": "This document in Swagger UI, every file of it served by the service",
+                    "responses": {"200": _binary("HTML", ("text/html",)), **_errors()},
+                }
+            },
+            "/docs/{name}": {
+                "get": {
+                    "operationId": "docsFile",
+                    "summary": "Swagger UI's scripts and styles",
+                    "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "responses": {"200": _binary("the file", ("*/*",)), **_errors(404)},
                 }
             },
             "/health": {
@@ -371,4 +422,5 @@ def document() -> dict:
             },
         },
         "security": [{}, {"bearer": []}],
+        "servers": [{"url": server, "description": "this service"}],
     }

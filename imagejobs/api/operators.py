@@ -7,7 +7,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Worker
 
-from imagejobs import metrics
+from imagejobs import metrics, params
 from imagejobs.api.context import redis
 from RedisConfig import QUEUE_NAMES, queue
 
@@ -16,6 +16,7 @@ log = logging.getLogger("api")
 
 
 @blueprint.get("/health")
+@params.takes()
 def health():
     try:
         redis().ping()
@@ -31,5 +32,6 @@ def health():
 
 
 @blueprint.get("/metrics")
+@params.takes()
 def prometheus_metrics():
     return metrics.exposition(redis()), 200, {"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}

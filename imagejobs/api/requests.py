@@ -10,6 +10,8 @@ from imagejobs.api.context import client, redis, settings
 from imagejobs.api.errors import TooLarge
 
 REPEATABLE = {"imageUrl"}
+# What a submit takes, wherever it comes from (query, form, JSON body); `image` is the uploads' field.
+SUBMIT_PARAMETERS = frozenset(AnyActionParams.model_fields) | {"action", "image"}
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 # A JSON body carries parameters and at most MAX_URLS URLs of 2,048 characters: far below this.
 MAX_JSON_BYTES = 1024 * 1024
@@ -23,6 +25,7 @@ def values() -> dict:
     """
     merged = {}
     for source in (request.args, form()):
+        params.reject_unknown(source.keys(), SUBMIT_PARAMETERS)
         given_here = {}
         for name, given in source.lists():
             if len(given) > 1 and name not in REPEATABLE:
@@ -31,6 +34,7 @@ def values() -> dict:
         merged.update(checked(given_here))
     body = json_body()
     if body is not None:
+        params.reject_unknown(body.keys(), SUBMIT_PARAMETERS)
         merged.update(checked({name: value for name, value in body.items() if value is not None}, strict=True))
     elif has_body() and request.mimetype not in FORM_TYPES:
         raise UnsupportedMediaType(

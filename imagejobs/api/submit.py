@@ -12,6 +12,7 @@ blueprint = Blueprint("submit", __name__)
 
 
 @blueprint.get("/imageapi")
+@params.takes(*requests.SUBMIT_PARAMETERS)
 def image_size():
     if str(request.args.get("action", READ_ACTION)).lower() != READ_ACTION:
         raise params.InvalidParameter("GET /imageapi reads sizes only; use POST for other actions.")
@@ -19,6 +20,7 @@ def image_size():
 
 
 @blueprint.post("/imageapi")
+@params.takes(*requests.SUBMIT_PARAMETERS)
 def image_action():
     return enqueue(DEFAULT_ACTION)
 
@@ -29,7 +31,7 @@ def enqueue(default_action: str):
     given = requests.values()
     action = requests.choose_action(given, default_action)
     options = params.validate(action.params, given)
-    wait = params.validate(params.ResultQuery, given).wait
+    wait = params.validate(params.WaitQuery, given).wait
     job_id = jobs.new_job_id()
     try:
         images, is_batch, named = requests.named_images(given, job_id)

@@ -27,4 +27,4 @@ def thumbnail(work: Work, path: Path) -> dict:
         max_pixels,
         max_decode_bytes=work.settings.max_decode_bytes,
     )
-    return {"path": str(dest), **written}
+    return {"path": paths.relative(root, dest), **written}  # a path a client can use: under the images root

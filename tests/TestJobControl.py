@@ -1,0 +1,210 @@
+"""Watching and managing work: progress as it happens (wait with seen), cancel, strict parameters,
+thumbnails by path, and the browsable docs, through the API with real workers and Redis."""
+
+import re
+import time
+
+import pytest
+
+from RedisConfig import CLASSIFY_QUEUE, queue
+from tests.support import copy_sample, jpeg_bytes, rel, result_of, submit
+
+SLOW = {"width": "2000", "height": "2000", "fit": "stretch", "format": "png"}  # about a second an image
+
+
+def slow_batch(client, folder, images_root, count: int) -> str:
+    for index in range(count):
+        copy_sample("castle_image.jpg", folder / f"p{index:02d}.jpg")
+    return submit(client, "POST", data={"imagePath": rel(folder, images_root), **SLOW})["jobId"]
+
+
+def handled(answer: dict) -> int:
+    progress = answer.get("progress") or {}
+    return progress.get("done", 0) + progress.get("failed", 0)
+
+
+# --- progress as it happens ---------------------------------------------------------------------------------
+
+
+def test_wait_with_seen_answers_as_each_image_is_done(client, folder, images_root):
+    # Before: wait=S answered only when the job ended, so a page saw a batch's progress at most every S
+    # seconds. Now: wait=S&seen=N answers as soon as done + failed differs from N.
+    job_id = slow_batch(client, folder, images_root, 6)
+    seen, steps = 0, []
+    while True:
+        answer = client.get(f"/result/{job_id}?wait=20&seen={seen}")
+        body = answer.get_json()
+        if answer.status_code == 200:
+            break
+        assert answer.status_code == 202 and handled(body) != seen, body  # woken by progress, not by the time
+        seen = handled(body)
+        steps.append(seen)
+    assert body["status"] == "finished" and body["result"]["done"] == 6
+    assert len(steps) >= 2 and steps == sorted(steps) and steps[0] < 6  # several answers before the end
+
+
+def test_wait_with_a_stale_seen_answers_at_once(client, folder, images_root):
+    job_id = slow_batch(client, folder, images_root, 4)
+    started = time.monotonic()
+    answer = client.get(f"/result/{job_id}?wait=20&seen=999")
+    assert answer.status_code in (200, 202) and time.monotonic() - started < 10
+    assert client.get(f"/result/{job_id}?wait=1&seen=-1").status_code == 400  # seen is a count: 0 or more
+    result_of(client, job_id)
+
+
+# --- cancel -----------------------------------------------------------------------------------------------------
+
+
+def test_a_queued_job_canceled_never_runs(client, folder, images_root):
+    # A classify job: no classify worker runs in the suite, so it stays queued.
+    copy_sample("castle_image.jpg", folder / "a.jpg")
+    before = queue(CLASSIFY_QUEUE).count
+    job_id = submit(client, "POST", data={"imagePath": rel(folder / "a.jpg", images_root), "action": "classify"})[
+        "jobId"
+    ]
+    answer = client.delete(f"/result/{job_id}")
+    assert answer.status_code == 200 and answer.get_json()["status"] == "canceled"
+    assert queue(CLASSIFY_QUEUE).count == before  # off the queue: no worker will ever take it
+    assert client.get(f"/result/{job_id}").get_json()["status"] == "canceled"
+    # Cancelling it again: 409 with a sentence
+    again = client.delete(f"/result?jobId={job_id}")
+    assert again.status_code == 409 and "already ended" in again.get_json()["error"]
+
+
+def test_a_running_batch_canceled_starts_no_new_image_and_keeps_what_is_done(client, folder, images_root):
+    job_id = slow_batch(client, folder, images_root, 12)
+    answer = client.get(f"/result/{job_id}?wait=20&seen=0").get_json()
+    assert handled(answer) >= 1, answer
+    canceled = client.delete(f"/result/{job_id}")
+    body = canceled.get_json()
+    assert canceled.status_code == 200 and body["status"] == "canceled"
+    time.sleep(2.5)  # the contract: no new image starts more than 2 s after the cancel
+    settled = client.get(f"/result/{job_id}").get_json()
+    time.sleep(3)  # about three more images' time, had the chunks gone on
+    final = client.get(f"/result/{job_id}").get_json()
+    assert final["status"] == "canceled" and handled(final) == handled(settled) < 12, (settled, final)
+    entries = final["entries"]
+    assert len(entries) == handled(final) and all("result" in entry for entry in entries)
+    names = [entry["image"] for entry in entries]
+    assert names == sorted(names)  # in the order of their images
+    assert client.delete(f"/result/{job_id}").status_code == 409
+
+
+def test_an_ended_or_unknown_job_cannot_be_canceled(client, folder, images_root):
+    copy_sample("castle_image.jpg", folder / "a.jpg")
+    job_id = submit(client, "GET", query_string={"imagePath": rel(folder / "a.jpg", images_root)})["jobId"]
+    result_of(client, job_id)
+    answer = client.delete(f"/result/{job_id}")
+    assert answer.status_code == 409 and "finished" in answer.get_json()["error"]
+    assert client.get(f"/result/{job_id}").get_json()["status"] == "finished"  # untouched
+    assert client.delete("/result/no-such-job").status_code == 404
+
+
+# --- strict parameters ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["query", "form", "json"])
+def test_a_misspelt_parameter_is_a_400_naming_it_and_the_nearest_name(client, folder, images_root, how):
+    # Before: widht=20 was ignored and the thumbnail made 100 wide. Now: 400 naming it, and width.
+    copy_sample("castle_image.jpg", folder / "a.jpg")
+    values = {"imagePath": rel(folder / "a.jpg", images_root), "widht": 20}
+    sent = {"query": {"query_string": values}, "form": {"data": values}, "json": {"json": values}}[how]
+    answer = client.post("/imageapi", **sent)
+    assert answer.status_code == 400
+    assert "'widht'" in answer.get_json()["error"] and "'width'" in answer.get_json()["error"]
+
+
+@pytest.mark.parametrize(
+    "url, named",
+    [
+        ("/result/abc?wiat=3", "wiat"),
+        ("/result/file?jobId=abc&idx=1", "idx"),
+        ("/images?pth=x", "pth"),
+        ("/health?verbose=1", "verbose"),
+        ("/actions?x=1", "x"),
+    ],
+)
+def test_every_route_refuses_parameters_it_does_not_take(client, url, named):
+    answer = client.get(url)
+    assert answer.status_code == 400 and f"'{named}'" in answer.get_json()["error"], answer.get_json()
+
+
+# --- thumbnails by path ------------------------------------------------------------------------------------------
+
+
+def test_a_thumbnail_can_be_fetched_by_its_path(client, folder, images_root):
+    copy_sample("castle_image.jpg", folder / "a.jpg")
+    body = submit(client, "POST", data={"imagePath": rel(folder / "a.jpg", images_root)})
+    path = result_of(client, body["jobId"])["result"]["path"]
+    assert path == f"resized/{rel(folder, images_root)}/a_resized.jpg"  # relative to the images root
+    answer = client.get("/images/file", query_string={"path": path})
+    assert answer.status_code == 200 and answer.mimetype == "image/jpeg"
+    assert answer.data == (images_root / path).read_bytes()
+    (folder / "notes.txt").write_text("not an image")
+    for refused in (rel(folder / "notes.txt", images_root), "../etc/passwd", rel(folder, images_root)):
+        assert client.get("/images/file", query_string={"path": refused}).status_code == 400, refused
+
+
+def test_another_clients_upload_cannot_be_fetched_by_path(configured):
+    client = configured(api_tokens="alice:a-token,bob:b-token")
+    alice, bob = {"Authorization": "Bearer a-token"}, {"Authorization": "Bearer b-token"}
+    upload = {"image": (__import__("io").BytesIO(jpeg_bytes()), "mine.jpg"), "action": "size"}
+    job_id = submit(client, "POST", data=upload, content_type="multipart/form-data", headers=alice)["jobId"]
+    path = f"uploads/{job_id}/mine.jpg"
+    assert client.get("/images/file", query_string={"path": path}, headers=alice).status_code == 200
+    assert client.get("/images/file", query_string={"path": path}, headers=bob).status_code == 404
+
+
+# --- browsable docs ----------------------------------------------------------------------------------------------
+
+
+def test_the_docs_page_and_everything_it_loads_come_from_the_service(client):
+    page = client.get("/docs")
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    html = page.get_data(as_text=True)
+    assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert assets and all(asset.startswith("/") and not asset.startswith("//") for asset in assets), assets
+    for asset in assets:
+        assert client.get(asset).status_code == 200, asset
+    script = client.get("/static/docs.js").get_data(as_text=True)
+    assert 'url: "/openapi.json"' in script and "validatorUrl: null" in script
+    document = client.get("/openapi.json").get_json()
+    assert document["servers"] == [{"url": "/", "description": "this service"}]
+    assert "delete" in document["paths"]["/result/{jobId}"]
+    assert any(p["name"] == "seen" for p in document["paths"]["/result/{jobId}"]["get"]["parameters"])
+
+
+# --- metrics of the work ------------------------------------------------------------------------------------------
+
+
+def test_work_metrics_add_up_across_flushes(redis_url, workers):
+    from redis import Redis
+
+    from imagejobs import metrics
+
+    redis = Redis.from_url(redis_url)
+    redis.delete(metrics.WORK_KEY)
+    tally = metrics.Work()
+    tally.image("resize", 0.004, failed=False)
+    tally.image("resize", 0.2, failed=True)
+    tally.job("resize", 0.21)
+    tally.flush(redis)
+    tally.image("resize", 0.004, failed=False)
+    tally.flush(redis)
+    text = metrics.exposition(redis).decode()
+    assert 'imageapi_images_total{action="resize",outcome="done"} 2.0' in text
+    assert 'imageapi_images_total{action="resize",outcome="failed"} 1.0' in text
+    assert 'imageapi_image_duration_seconds_bucket{action="resize",le="0.005"} 2.0' in text
+    assert 'imageapi_image_duration_seconds_bucket{action="resize",le="+Inf"} 3.0' in text
+    assert 'imageapi_job_duration_seconds_count{action="resize"} 1.0' in text
+    assert re.search(r'imageapi_workers\{state="(idle|busy)"\} \d', text)
+    assert 'imageapi_queue_jobs{queue="images",state="queued"}' in text
+
+
+def test_the_workers_report_their_work_to_metrics(client, folder, images_root):
+    copy_sample("castle_image.jpg", folder / "a.jpg")
+    result_of(client, submit(client, "GET", query_string={"imagePath": rel(folder / "a.jpg", images_root)})["jobId"])
+    deadline = time.monotonic() + 20  # a worker adds what it counted every 10 s
+    while 'imageapi_images_total{action="size",outcome="done"}' not in client.get("/metrics").get_data(as_text=True):
+        assert time.monotonic() < deadline, "no worker reported its work"
+        time.sleep(0.5)
