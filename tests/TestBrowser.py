@@ -5,10 +5,17 @@ batch is also saved there as page.png, a candidate for the README's picture (doc
 """
 
 import base64
+import io
+import json
+import os
 import re
+import time
+import urllib.request
+import zipfile
 from pathlib import Path
 
 import pytest
+from PIL import Image as PILImage
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
@@ -30,6 +37,10 @@ LAUNCH_ARGS = [
 ]
 JOB_TIMEOUT = 60_000  # ms: the slowest job here, a classification, takes about a second once the model is warm
 SAMPLES = ("castle_image.jpg", "jemma.png", "CogentLabs.jpg")
+PAGE_SIZE = 100  # a batch's entries in the DOM at once (results.js PAGE_SIZE)
+SLOW_IMAGES = 500  # slow/: 1000 x 600 photos; a 400 px thumbnail takes ~20 ms, so the batch runs several seconds
+MANY_IMAGES = 300  # many/: small photos, one of them not a photo
+HUGE_IMAGES = 10_000  # huge/: tiny photos, whose sizes make a batch of 10,000 entries in a few seconds
 
 
 def start_service(base: Path, *args: str, env: dict | None = None) -> tuple[RunningService, str]:
@@ -48,11 +59,56 @@ def start_service(base: Path, *args: str, env: dict | None = None) -> tuple[Runn
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory):
+def running(tmp_path_factory):
     running, url = start_service(tmp_path_factory.mktemp("page"), "--workers", "2")
-    yield url
+    running.base_url = url
+    yield running
     if running.process.poll() is None:
         running.interrupt()
+
+
+@pytest.fixture(scope="module")
+def service(running):
+    return running.base_url
+
+
+def photo_folder(images: Path, name: str, count: int, size: tuple[int, int], **broken: int) -> str:
+    """A folder of `count` hard links to one JPEG of `size` (photo-0000.jpg, ...), and for each stem=index
+    in `broken` a text file named like a photo, photo-<index>-<stem>.jpg, which sorts just before
+    photo-<index>.jpg. Returns the folder's path under the images root."""
+    folder = images / name
+    folder.mkdir()
+    first = folder / "photo-0000.jpg"
+    PILImage.open(TESTDATA / "castle_image.jpg").convert("RGB").resize(size).save(first, quality=90)
+    for number in range(1, count):
+        os.link(first, folder / f"photo-{number:04}.jpg")
+    for stem, index in broken.items():
+        (folder / f"photo-{index:04}-{stem}.jpg").write_text("Not a photo at all.\n")
+    return name
+
+
+@pytest.fixture(scope="module")
+def slow_folder(running) -> str:
+    return photo_folder(running.images, "slow", SLOW_IMAGES, (1000, 600))
+
+
+@pytest.fixture(scope="module")
+def many_folder(running) -> str:
+    return photo_folder(running.images, "many", MANY_IMAGES - 1, (160, 120), notes=149)  # entry 149 fails
+
+
+@pytest.fixture(scope="module")
+def huge_folder(running) -> str:
+    return photo_folder(running.images, "huge", HUGE_IMAGES - 2, (32, 24), notes=4999, memo=9000)
+
+
+def api_json(url: str, method: str = "GET") -> tuple[int, dict]:
+    request = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=40) as answer:
+            return answer.status, json.load(answer)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
 
 
 @pytest.fixture(scope="module")
@@ -164,20 +220,25 @@ def test_two_uploaded_photos_resized_show_two_thumbnails(page):
     page.click("#submit")
     job = newest_job(page)
     expect(job.locator(".job-title")).to_have_text("Thumbnail 120 × 90 (contain) of 2 uploaded files")
-    rows = job.locator("table.results tbody tr")
-    expect(rows).to_have_count(2)
-    names = rows.locator("th").all_inner_texts()
+    # Changed with the grid: a resize batch shows a grid of tiles (name, size, thumbnail) where it had a
+    # table of rows, and a tile's thumbnail comes from /images/file?path=<its result path>.
+    tiles = job.locator(".thumb-grid .tile")
+    expect(tiles).to_have_count(2)
+    names = tiles.locator(".tile-name").all_inner_texts()
     assert sorted(names) == ["castle_image.jpg", "jemma.png"]
-    for size in rows.locator("td:nth-child(2)").all_inner_texts():  # contain: inside the box, touching it
-        width, height = map(int, re.fullmatch(r"(\d+) × (\d+)", size).groups())
+    for size in tiles.locator(".tile-size").all_inner_texts():  # contain: inside the box, touching it
+        width, height = map(int, re.fullmatch(r"(\d+) × (\d+) · \w+", size).groups())
         assert width <= 120 and height <= 90 and (width == 120 or height == 90)
     expect(job.locator(".progress-text")).to_have_text("2 of 2 images")
-    thumbnails = job.locator("img.entry-thumb")
+    thumbnails = job.locator(".tile img")
     expect(thumbnails).to_have_count(2)
-    page.wait_for_function(  # both drawn, each from /result/file?jobId=&index=
-        "() => [...document.querySelectorAll('.job img.entry-thumb')]"
+    page.wait_for_function(  # both drawn
+        "() => [...document.querySelectorAll('.job .tile img')]"
         ".filter(i => i.complete && i.naturalWidth > 0).length >= 2",
         timeout=15_000,
+    )
+    assert all(
+        link.startswith("blob:") for link in tiles.locator("a.tile-name").evaluate_all("a => a.map(l => l.href)")
     )
     shot(page, "uploads-resized")
 
@@ -214,15 +275,18 @@ def test_a_folder_batch_reaches_its_total_and_the_text_file_fails_alone(page):
     assert progress.evaluate("bar => bar.value") == 7
     expect(job.locator(".progress-text")).to_have_text("7 of 7 images (1 failed)")
     expect(job.locator(".batch-summary")).to_have_text("7 images: 6 done, 1 failed.")
-    failed = job.locator("tr.failed")
+    # Changed with the grid: the entries are tiles of a grid, not rows of a table
+    failed = job.locator(".tile.failed")
     expect(failed).to_have_count(1)
-    expect(failed.locator("th")).to_have_text("notes.jpg")
+    expect(failed.locator(".tile-name")).to_have_text("notes.jpg")
     expect(failed).to_contain_text("not an image")
-    expect(job.locator("tbody tr:not(.failed)")).to_have_count(6)
-    # watched by long-polls that end with the job, not by polling at an interval
+    expect(job.locator(".tile:not(.failed)")).to_have_count(6)
+    # Watched by long-polls that end with the job, not by polling at an interval. Changed with progress as
+    # it happens: each poll carries seen=<count shown> and is answered as the count moves, so a batch takes
+    # a poll per step it is seen to make (this one: a few), not at most 3 that each wait for its end.
     job_id = job.get_attribute("data-job-id")
-    polls = [request.url for request in page.recorder.requests if f"/result/{job_id}" in request.url]
-    assert 1 <= len(polls) <= 3 and all(url.endswith("?wait=25") for url in polls), polls
+    polls = [request.url for request in page.recorder.requests if f"/result/{job_id}?" in request.url]
+    assert 1 <= len(polls) <= 8 and all(re.search(r"\?wait=25&seen=\d+$", url) for url in polls), polls
     shot(page, "folder-batch")
     page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=str(ARTIFACTS / "page.png"))
@@ -313,8 +377,13 @@ def test_reload_keeps_the_jobs_and_an_expired_one_says_so(page):
     shot(page, "after-reload")
 
 
-def test_a_375_px_wide_screen_has_no_horizontal_scroll(browser, service):
+def test_a_375_px_wide_screen_has_no_horizontal_scroll(browser, service, many_folder, slow_folder):
     page, recorder = open_page(browser, service, viewport={"width": 375, "height": 800}, is_mobile=True, has_touch=True)
+
+    def fits() -> None:
+        widths = page.evaluate("[document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+        assert widths[0] <= widths[1] == 375, widths
+
     try:
         choose(page, "source", "path")
         page.get_by_role("button", name="Folder batch: open and choose it").click()
@@ -322,9 +391,27 @@ def test_a_375_px_wide_screen_has_no_horizontal_scroll(browser, service):
         page.click("#submit")
         job = newest_job(page)
         expect(job.locator("tbody tr")).to_have_count(7)
-        widths = page.evaluate("[document.documentElement.scrollWidth, document.documentElement.clientWidth]")
-        assert widths[0] <= widths[1] == 375, widths
+        fits()
         shot(page, "narrow-375")
+        # a large batch's grid, its filter and its pager
+        job = submit_folder(page, many_folder, width="80", height="80")
+        expect(job).to_have_attribute("data-status", "finished", timeout=JOB_TIMEOUT)
+        expect(job.locator(".thumb-grid .tile")).to_have_count(PAGE_SIZE)
+        assert job.locator(".tile img").count() == 0  # below the form, out of view: nothing fetched yet
+        job.locator(".tile").first.scroll_into_view_if_needed()
+        image_loaded(page, ".job .tile img")
+        fits()
+        job.locator("nav.pager").first.scroll_into_view_if_needed()
+        page.screenshot(path=str(ARTIFACTS / "narrow-375-grid.png"))
+        # a running batch: its bar, count, rate and Cancel
+        job = submit_folder(page, slow_folder, width="400", height="400")
+        expect(job.locator(".progress-rate")).to_contain_text("images/s", timeout=JOB_TIMEOUT)
+        fits()
+        job.scroll_into_view_if_needed()
+        page.screenshot(path=str(ARTIFACTS / "narrow-375-running.png"))
+        job.get_by_role("button", name="Cancel").click()
+        expect(job).to_have_attribute("data-status", "canceled")
+        fits()
         assert recorder.foreign() == [] and page.errors == []
     finally:
         page.context.close()
@@ -360,3 +447,238 @@ def test_a_401_asks_once_for_a_token_and_every_call_then_carries_it(browser, tmp
     finally:
         if running.process.poll() is None:
             running.interrupt()
+
+
+# --- progress as it happens, cancel, zips, large batches ------------------------------------------------------
+
+READ_ROW = """job => ({
+    status: job.dataset.status,
+    value: job.querySelector(".job-progress progress")?.value ?? null,
+    text: job.querySelector(".progress-text")?.textContent ?? "",
+    rate: job.querySelector(".progress-rate")?.textContent ?? "",
+})"""
+
+
+def submit_folder(page: Page, folder: str, action: str = "resize", **options: str):
+    choose(page, "source", "path")
+    page.fill("#image-path", folder)
+    choose(page, "action", action)
+    for name, value in options.items():
+        page.fill(f"#{name}", value)
+    page.click("#submit")
+    job = page.locator(".job").first
+    expect(job).to_have_attribute("data-job-id", re.compile(r"^[0-9a-f]{32}$"))
+    return job
+
+
+def test_a_500_image_batch_shows_its_bar_move_with_rate_and_time_left(page, service, slow_folder):
+    job = submit_folder(page, slow_folder, width="400", height="400")
+    job_id = job.get_attribute("data-job-id")
+    expect(job.locator(".badge")).to_have_text("Running", timeout=JOB_TIMEOUT)  # once its first image is done
+    seen, rates, changes = [], [], []  # progress values while it ran; rate texts; when each value was first read
+    shot_taken = False
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        row = job.evaluate(READ_ROW)
+        if row["status"] != "started":
+            break
+        if row["value"] is not None and (not seen or row["value"] != seen[-1]):
+            seen.append(row["value"])
+            changes.append(time.monotonic())
+            assert re.fullmatch(rf"{row['value']} of {SLOW_IMAGES} images", row["text"]), row
+        if row["rate"]:
+            rates.append(row["rate"])
+            if not shot_taken and row["value"] >= 100:
+                shot(page, "batch-progress")
+                shot_taken = True
+        page.wait_for_timeout(100)
+    expect(job).to_have_attribute("data-status", "finished", timeout=JOB_TIMEOUT)
+    moving = [value for value in seen if 0 < value < SLOW_IMAGES]
+    assert len(set(moving)) >= 3, f"the bar was seen at {seen}"
+    assert moving == sorted(moving), seen
+    # shown within about a second of the workers' progress (they write theirs every quarter of a second)
+    gaps = [later - earlier for earlier, later in zip(changes, changes[1:])]
+    assert max(gaps, default=0) < 2.5, gaps
+    assert rates and all(
+        re.fullmatch(r"[\d.]+ images?/s( · about (\d+ h )?(\d+ min )?(\d+ s )?left)?", r) for r in rates
+    )
+    assert any("left" in rate for rate in rates), rates
+    expect(job.locator(".progress-rate")).to_be_hidden()  # ended: no rate, no Cancel
+    expect(job.locator("button.cancel")).to_be_hidden()
+    expect(job.locator(".progress-text")).to_have_text(f"{SLOW_IMAGES} of {SLOW_IMAGES} images")
+    # the polls went with the count shown, and were answered as it moved: one a step, not one an image
+    polls = [request.url for request in page.recorder.requests if f"/result/{job_id}?" in request.url]
+    shown = [int(re.search(r"seen=(\d+)", url).group(1)) for url in polls]
+    assert len(polls) < SLOW_IMAGES / 5 and shown[0] == 0 and shown == sorted(shown), polls
+    expect(job.locator(".thumb-grid .tile")).to_have_count(PAGE_SIZE)
+    expect(job.locator(".pager-status").first).to_have_text(f"Page 1 of {SLOW_IMAGES // PAGE_SIZE}")
+    shot(page, "batch-500-finished")
+
+
+def test_cancel_stops_a_running_batch_and_keeps_what_it_made(page, service, slow_folder):
+    job = submit_folder(page, slow_folder, width="400", height="400")
+    job_id = job.get_attribute("data-job-id")
+    title = job.locator(".job-title").inner_text()
+    cancel = page.get_by_role("button", name=f"Cancel “{title}”")
+    expect(cancel).to_be_visible()  # queued or running, it can be canceled
+    page.wait_for_function(
+        "job => (job.querySelector('.job-progress progress')?.value ?? 0) >= 40",
+        arg=job.element_handle(),
+        timeout=30_000,
+    )
+    shot(page, "cancel-running")
+    cancel.click()
+    expect(job).to_have_attribute("data-status", "canceled")
+    expect(job.locator(".badge")).to_have_text("Canceled")
+    expect(cancel).to_be_hidden()
+    expect(job.locator(".job-title")).to_be_focused()  # the button went: the focus stays on its job
+    expect(page.locator("#announcer")).to_contain_text(f"{title}: canceled.")
+    # the API agrees, and the page settles at its count (a chunk writes the images it had in hand), then stops
+    status, answer = api_json(f"{service}result/{job_id}")
+    assert status == 200 and answer["status"] == "canceled", answer
+    deadline = time.monotonic() + 10
+    while True:
+        status, answer = api_json(f"{service}result/{job_id}")
+        handled = answer["progress"]["done"] + answer["progress"]["failed"]
+        if job.evaluate(READ_ROW)["value"] == handled or time.monotonic() > deadline:
+            break
+        page.wait_for_timeout(250)
+    assert job.evaluate(READ_ROW)["value"] == handled < SLOW_IMAGES, (handled, answer["progress"])
+    page.wait_for_timeout(1500)
+    assert job.evaluate(READ_ROW)["value"] == handled
+    assert api_json(f"{service}result/{job_id}")[1]["progress"] == answer["progress"]  # the workers stopped
+    assert len(answer["entries"]) == handled
+    expect(job.locator(".progress-text")).to_have_text(f"{handled} of {SLOW_IMAGES} images")
+    # what it made is shown like a finished batch's: a grid, a page at a time
+    expect(job.locator(".batch-summary")).to_have_text(
+        f"Canceled after {handled} of {SLOW_IMAGES} images: {handled} done."
+    )
+    expect(job.locator(".thumb-grid .tile")).to_have_count(min(handled, PAGE_SIZE))
+    image_loaded(page, ".job .tile img")
+    expect(job.get_by_role("button", name="Download all (zip)")).to_have_count(0)  # only a finished batch has one
+    shot(page, "batch-canceled")
+    # canceling it again: 409, the page shows nothing new; and after a reload it comes back the same
+    assert api_json(f"{service}result/{job_id}", "DELETE")[0] == 409
+    page.reload()
+    job = page.locator(f'.job[data-job-id="{job_id}"]')
+    expect(job).to_have_attribute("data-status", "canceled")
+    expect(job.locator(".progress-text")).to_have_text(f"{handled} of {SLOW_IMAGES} images")
+    expect(job.locator(".batch-summary")).to_contain_text(f"Canceled after {handled} of {SLOW_IMAGES} images")
+    expect(job.locator(".thumb-grid .tile")).to_have_count(min(handled, PAGE_SIZE))
+    shot(page, "batch-canceled-reloaded")
+
+
+def test_a_finished_batch_downloads_as_one_zip_of_its_thumbnails(page):
+    choose(page, "source", "path")
+    page.get_by_role("button", name="Folder batch: open and choose it").click()
+    page.click("#submit")
+    job = newest_job(page)
+    job_id = job.get_attribute("data-job-id")
+    button = job.get_by_role("button", name="Download all (zip)")
+    expect(job.locator(".batch-actions")).to_contain_text(f"6 thumbnails, as {job_id}.zip")
+    with page.expect_download() as downloading:
+        button.click()
+    download = downloading.value
+    assert download.suggested_filename == f"{job_id}.zip"
+    with zipfile.ZipFile(download.path()) as archive:
+        names = sorted(archive.namelist())
+        expected = sorted(
+            f"batch/{number + 1}-{Path(name).stem}_resized{Path(name).suffix}"
+            for number, name in enumerate(SAMPLES[n % 3] for n in range(6))
+        )
+        assert names == expected
+        for name in names:
+            with PILImage.open(io.BytesIO(archive.read(name))) as thumbnail:
+                assert max(thumbnail.size) == 100
+    expect(job.locator(".batch-actions")).to_contain_text(f"saved as {job_id}.zip")
+    zips = [request for request in page.recorder.requests if request.url.endswith(f"/result/file?jobId={job_id}")]
+    assert len(zips) == 1  # fetched once, with the token if there is one, and saved as a blob
+    shot(page, "batch-zip")
+
+
+def test_a_large_batch_is_a_paged_grid_whose_thumbnails_load_as_they_scroll_into_view(page, many_folder):
+    job = submit_folder(page, many_folder, width="80", height="80")
+    expect(job).to_have_attribute("data-status", "finished", timeout=JOB_TIMEOUT)
+    tiles = job.locator(".thumb-grid .tile")
+    expect(tiles).to_have_count(PAGE_SIZE)  # of 300: one page in the DOM, never all
+    assert page.locator(".tile").count() == PAGE_SIZE
+    pager = job.locator("nav.pager").first
+    expect(pager.locator(".pager-status")).to_have_text("Page 1 of 3")
+    expect(pager.locator(".pager-range")).to_have_text("thumbnails 1–100 of 300")
+    expect(job.locator(".batch-summary")).to_have_text("300 images: 299 done, 1 failed.")
+
+    def fetched() -> int:
+        return len(
+            [request for request in page.recorder.requests if re.search(r"/(images|result)/file\?", request.url)]
+        )
+
+    def settled() -> int:
+        """The thumbnails fetched, once every one fetched is drawn and no more come."""
+        last = -1
+        for _ in range(50):
+            count = fetched()
+            if count == last and job.locator(".tile img").count() == count:
+                return count
+            last = count
+            page.wait_for_timeout(200)
+        raise AssertionError(f"thumbnails kept coming: {count}")
+
+    image_loaded(page, ".job .tile img")
+    before = settled()
+    assert 0 < before < PAGE_SIZE / 2, before  # only those in view (and just below it)
+    shot(page, "grid-page-1")
+    tiles.last.scroll_into_view_if_needed()
+    image_loaded(page, ".job .tile:last-child img")
+    assert before < settled() <= PAGE_SIZE
+
+    # the next page: the next 100 entries, the failed one among them
+    pager.get_by_role("button", name="Next").click()
+    expect(pager.locator(".pager-status")).to_have_text("Page 2 of 3")
+    expect(pager.get_by_role("button", name="Next")).to_be_focused()
+    expect(tiles).to_have_count(PAGE_SIZE)
+    expect(tiles.first).to_have_attribute("data-index", "100")
+    expect(tiles.first.locator(".tile-name")).to_have_text("photo-0100.jpg")
+    expect(job.locator(".tile.failed .tile-name")).to_have_text("photo-0149-notes.jpg")
+    expect(page.locator("#announcer")).to_contain_text("Page 2 of 3: thumbnails 101–200 of 300.")
+    pager.get_by_role("button", name="Next").click()
+    expect(pager.locator(".pager-status")).to_have_text("Page 3 of 3")
+    expect(pager.get_by_role("button", name="Next")).to_be_disabled()
+    expect(pager.get_by_role("button", name="Previous")).to_be_focused()  # Next went disabled
+    expect(tiles.last.locator(".tile-name")).to_have_text("photo-0298.jpg")
+
+    # the failures, found at once
+    job.get_by_label("Failed only (1)").check()
+    expect(tiles).to_have_count(1)
+    expect(tiles.first).to_contain_text("photo-0149-notes.jpg")
+    expect(tiles.first).to_contain_text("not an image")
+    expect(pager).to_be_hidden()
+    shot(page, "grid-failed-only")
+    job.get_by_label("All (300)").check()
+    expect(pager.locator(".pager-status")).to_have_text("Page 1 of 3")
+
+
+def test_a_batch_of_10000_entries_stays_one_page_in_the_dom(page, huge_folder):
+    job = submit_folder(page, huge_folder, action="size")
+    expect(job).to_have_attribute("data-status", "finished", timeout=120_000)
+    rows = job.locator("table.results tbody tr")
+    expect(rows).to_have_count(PAGE_SIZE)
+    expect(job.locator(".batch-summary")).to_have_text("10,000 images: 9,998 done, 2 failed.")
+    pager = job.locator("nav.pager").first
+    expect(pager.locator(".pager-status")).to_have_text("Page 1 of 100")
+    pager.get_by_role("button", name="Last").click()
+    expect(pager.locator(".pager-status")).to_have_text("Page 100 of 100")
+    expect(rows.first.locator("th")).to_have_text("photo-9898.jpg")  # two failed entries before it
+    # turning a page of a 10,000-entry batch is quick, and keeps one page in the DOM
+    took = page.evaluate(
+        """job => { const started = performance.now();
+            job.querySelector("nav.pager [data-step=previous]").click();
+            return performance.now() - started; }""",
+        job.element_handle(),
+    )
+    assert took < 200, took
+    expect(pager.locator(".pager-status")).to_have_text("Page 99 of 100")
+    assert page.locator(".job tbody tr").count() == PAGE_SIZE
+    job.get_by_label("Failed only (2)").check()
+    expect(rows).to_have_count(2)
+    assert rows.locator("th").all_inner_texts() == ["photo-4999-notes.jpg", "photo-9000-memo.jpg"]
+    shot(page, "batch-10000-failed-only")

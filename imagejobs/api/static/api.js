@@ -119,3 +119,19 @@ export async function blobUrl(path) {
   if (!response.ok) throw new Error(await errorSentence(response));
   return URL.createObjectURL(await response.blob());
 }
+
+/**
+ * Save a file the service serves (a batch's zip) under `name`: fetched with the token as a blob, then
+ * handed to the browser's download through a link. Rejects with a sentence if the service refuses.
+ */
+export async function saveFile(path, name) {
+  const url = await blobUrl(path);
+  const link = document.createElement("a");
+  link.href = url;
+  link.download = name;
+  link.hidden = true;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60_000); // the download has long started by then
+}

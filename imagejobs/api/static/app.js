@@ -1,8 +1,9 @@
-// The page: a form that submits jobs, and a list of jobs watched live by long-polling /result/<jobId>?wait=25.
-import { api, askToken, blobUrl, errorSentence, forgetToken, onTokenChange, readJson, token, whenToken } from "./api.js";
+// The page: a form that submits jobs, and a list of jobs watched live by long-polling /result/<jobId>?wait=25
+// (for a batch, &seen=N: the answer comes as soon as its progress moves past N).
+import { api, askToken, blobUrl, errorSentence, forgetToken, onTokenChange, readJson, saveFile, token, whenToken } from "./api.js";
 import { imageNamePattern, loadCatalogue, optionsOf, renderActions, titleOf } from "./actions.js";
-import { formatBytes, h, icon, plural, sleep } from "./dom.js";
-import { resultView } from "./results.js";
+import { announce, formatBytes, h, icon, number, plural, sleep } from "./dom.js";
+import { canceledView, resultView } from "./results.js";
 
 const $ = (id) => document.getElementById(id);
 const form = $("job-form");
@@ -10,14 +11,7 @@ const form = $("job-form");
 let catalogue = { default: "", actions: [], limits: { maxUrls: Infinity, imageExtensions: [] } };
 let IMAGE_NAME = /$^/;
 
-// ---- announcements for screen readers --------------------------------------------------------------
-
-const announcer = $("announcer");
-function announce(text) {
-  const line = h("p", { text });
-  announcer.append(line);
-  while (announcer.childElementCount > 5) announcer.firstElementChild.remove();
-}
+// Announcements for screen readers: announce() (dom.js), through #announcer.
 
 // ---- choosing the images and the work ----------------------------------------------------------------
 
@@ -431,9 +425,28 @@ const jobsList = $("jobs");
 
 const STATUS_TEXT = {
   submitted: "Checking…", queued: "Queued", started: "Running", finished: "Finished",
-  failed: "Failed", expired: "Expired", error: "Error",
+  failed: "Failed", canceled: "Canceled", expired: "Expired", error: "Error",
 };
-const ENDED = new Set(["finished", "failed", "expired", "error"]);
+const ENDED = new Set(["finished", "failed", "canceled", "expired", "error"]);
+const RATE_WINDOW = 5000; // ms: a running batch's rate is measured over about this long
+const RATE_SPAN = 800; // ms: the least span a rate is measured over
+
+const handledOf = (progress) => (progress ? (progress.done || 0) + (progress.failed || 0) : 0);
+
+/** "42 images/s", "3.5 images/s" */
+function rateText(perSecond) {
+  const shown = perSecond >= 10 ? Math.round(perSecond) : perSecond >= 1 ? perSecond.toFixed(1) : perSecond.toFixed(2);
+  return `${shown} ${Number(shown) === 1 ? "image" : "images"}/s`;
+}
+
+/** "about 8 s left", "about 3 min 20 s left", "about 2 h 5 min left" */
+function timeLeftText(seconds) {
+  const whole = Math.max(1, Math.round(seconds));
+  if (whole < 60) return `about ${whole} s left`;
+  if (whole < 3600) return `about ${Math.floor(whole / 60)} min ${whole % 60 ? `${whole % 60} s ` : ""}left`;
+  const minutes = Math.round(whole / 60);
+  return `about ${Math.floor(minutes / 60)} h ${minutes % 60 ? `${minutes % 60} min ` : ""}left`;
+}
 
 class JobRow {
   constructor(job, restored) {
@@ -441,18 +454,29 @@ class JobRow {
     this.status = "";
     this.quiet = restored; // a row restored after a reload does not announce its first status
     this.removed = false;
-    this.urls = [];
+    this.urls = new Set();
     this.abort = new AbortController();
+    this.seen = 0; // a batch's done + failed last shown: the next long-poll answers once it moves
+    this.samples = []; // {t, n}: when each count was seen, for the rate
+    this.shownHandled = -1; // a canceled batch's count on show
     const titleId = `job-${job.id}-title`;
     this.badge = h("span", { class: "badge" });
     this.note = h("p", { class: "job-note", hidden: true });
-    this.progress = h("div", { class: "job-progress", hidden: true });
+    this.bar = h("progress", {});
+    this.progressText = h("span", { class: "progress-text" });
+    this.rate = h("span", { class: "progress-rate" });
+    this.cancelButton = h("button", {
+      type: "button", class: "secondary small cancel", text: "Cancel", "aria-label": `Cancel “${job.title}”`,
+      onclick: () => cancelJob(this),
+    });
+    this.progress = h("div", { class: "job-progress", hidden: true }, this.bar, this.progressText, this.rate, this.cancelButton);
     this.body = h("div", { class: "job-result" });
     const time = new Date(job.submitted);
     this.timing = h("span", { class: "timing" });
+    this.title = h("h3", { id: titleId, class: "job-title", text: job.title, tabindex: "-1" });
     this.element = h("li", { class: "job", "data-job-id": job.id },
       h("div", { class: "job-head" },
-        h("h3", { id: titleId, class: "job-title", text: job.title }),
+        this.title,
         this.badge,
         h("button", {
           type: "button", class: "icon-button", "aria-label": `Remove “${job.title}” from the list`, title: "Remove from the list",
@@ -464,7 +488,16 @@ class JobRow {
         this.timing,
         h("span", {}, "job ", h("code", { text: job.id.slice(0, 8), title: job.id }))),
       this.progress, this.note, this.body);
+    this.files = {
+      load: (path) => this.loadFile(path),
+      release: (url) => this.release(url),
+      save: (path, name) => saveFile(path, name),
+    };
     this.setStatus("submitted", true);
+  }
+
+  get ended() {
+    return ENDED.has(this.status);
   }
 
   setStatus(status, quiet = false) {
@@ -482,24 +515,49 @@ class JobRow {
     this.note.textContent = text || "";
   }
 
-  /** A batch's bar (done + failed of total), or an indeterminate one while a single job runs. */
+  /**
+   * A batch's bar (done + failed of total) with its count, and while it runs its rate and time left; or an
+   * indeterminate bar while a single job runs. Updated in place; Cancel shows while the job runs.
+   */
   setProgress(progress, running, status = "started") {
+    const bar = this.bar;
+    this.cancelButton.hidden = !running;
     if (progress && progress.total) {
-      const handled = (progress.done || 0) + (progress.failed || 0);
-      const label = `${handled} of ${progress.total} images` + (progress.failed ? ` (${progress.failed} failed)` : "");
+      const handled = handledOf(progress);
       this.progress.hidden = false;
-      this.progress.replaceChildren(
-        h("progress", { max: progress.total, value: handled, "aria-label": `Progress of ${this.job.title}` }),
-        h("span", { class: "progress-text", text: label }));
+      bar.max = progress.total;
+      bar.value = handled;
+      bar.setAttribute("aria-label", `Progress of ${this.job.title}`);
+      this.progressText.textContent = `${number(handled)} of ${plural(progress.total, "image")}`
+        + (progress.failed ? ` (${number(progress.failed)} failed)` : "");
+      this.rate.textContent = running ? this.measure(handled, progress.total, status) : "";
     } else if (running) {
       this.progress.hidden = false;
       const doing = status === "queued" ? "waiting for a worker…" : "working…";
-      this.progress.replaceChildren(h("progress", { "aria-label": `${this.job.title}: ${doing}` }),
-        h("span", { class: "progress-text", text: doing }));
+      bar.removeAttribute("value"); // indeterminate
+      bar.removeAttribute("max");
+      bar.setAttribute("aria-label", `${this.job.title}: ${doing}`);
+      this.progressText.textContent = doing;
+      this.rate.textContent = "";
     } else {
       this.progress.hidden = true;
-      this.progress.replaceChildren();
     }
+  }
+
+  /** The rate over the last RATE_WINDOW ms of counts seen while it ran, and the time left at that rate. */
+  measure(handled, total, status) {
+    if (status !== "started") return ""; // time spent queued is not work
+    const now = performance.now();
+    const samples = this.samples;
+    samples.push({ t: now, n: handled });
+    while (samples.length > 2 && now - samples[1].t >= RATE_WINDOW) samples.shift();
+    const first = samples[0];
+    const span = now - first.t;
+    const gained = handled - first.n;
+    if (span < RATE_SPAN || gained <= 0) return this.rate.textContent; // too early to tell: keep what shows
+    const perSecond = (gained * 1000) / span;
+    const left = total - handled;
+    return left > 0 ? `${rateText(perSecond)} · ${timeLeftText(left / perSecond)}` : rateText(perSecond);
   }
 
   /** An answer of /result: 202 while it runs, 200 once it ended. */
@@ -507,19 +565,32 @@ class JobRow {
     const status = answer.status === "queued" || answer.status === "started" ? answer.status : "started";
     this.setStatus(status);
     this.setProgress(answer.progress, true, status);
+    if (answer.progress) this.seen = handledOf(answer.progress);
   }
 
-  end(answer) {
+  showTiming(answer, verb = "took") {
     if (answer.enqueuedAt && answer.endedAt) {
       const seconds = (Date.parse(answer.endedAt) - Date.parse(answer.enqueuedAt)) / 1000;
       if (seconds >= 0) {
-        this.timing.textContent = seconds < 0.1 ? "took under 0.1 s" : `took ${seconds < 10 ? seconds.toFixed(1) : Math.round(seconds)} s`;
+        const shown = seconds < 10 ? seconds.toFixed(1) : Math.round(seconds);
+        this.timing.textContent = verb === "took"
+          ? (seconds < 0.1 ? "took under 0.1 s" : `took ${shown} s`)
+          : `${verb} after ${seconds < 0.1 ? "under 0.1" : shown} s`;
       }
     }
+  }
+
+  end(answer) {
+    if (answer.status === "canceled") {
+      this.showCanceled(answer);
+      return;
+    }
+    if (this.ended) return; // shown already (a cancel's answer and a long-poll's can cross)
+    this.showTiming(answer);
     if (answer.status === "finished") {
       const result = answer.result || {};
       this.setProgress(Array.isArray(result.images) ? result : null, false);
-      this.body.replaceChildren(resultView(this.job, result, (path) => this.loadFile(path)));
+      this.body.replaceChildren(resultView(this.job, result, this.files));
       this.setStatus("finished");
     } else {
       this.setProgress(null, false);
@@ -527,6 +598,21 @@ class JobRow {
       this.body.replaceChildren(h("p", { class: "error-text" }, h("strong", { text: "Failed: " }), error));
       this.setStatus("failed");
     }
+  }
+
+  /**
+   * A canceled job: its count where it stopped and, for a batch, the entries made before the cancel. Shown
+   * again (quietly) if a later answer holds more: a worker writes the images it had in hand at the cancel.
+   */
+  showCanceled(answer) {
+    const handled = handledOf(answer.progress);
+    if (this.status === "canceled" && handled <= this.shownHandled) return;
+    if (this.ended && this.status !== "canceled") return;
+    this.shownHandled = handled;
+    this.showTiming(answer, "canceled");
+    this.setProgress(answer.progress, false);
+    this.body.replaceChildren(canceledView(this.job, answer, this.files));
+    this.setStatus("canceled");
   }
 
   expire() {
@@ -547,14 +633,20 @@ class JobRow {
       URL.revokeObjectURL(url);
       throw new Error("removed");
     }
-    this.urls.push(url);
+    this.urls.add(url);
     return url;
+  }
+
+  release(url) {
+    URL.revokeObjectURL(url);
+    this.urls.delete(url);
   }
 
   dispose() {
     this.removed = true;
     this.abort.abort();
     this.urls.forEach((url) => URL.revokeObjectURL(url));
+    this.urls.clear();
     this.element.remove();
   }
 }
@@ -610,10 +702,13 @@ $("clear-ended").addEventListener("click", () => {
 
 // A browser opens at most 6 connections to one host; long-polls take at most 4, so a submission or a
 // folder listing never waits behind them. Jobs beyond 4 wait their turn, and while any wait, a poll
-// holds for 5 s instead of 25 so the turns go round.
+// holds for 5 s instead of 25 so the turns go round. A batch's poll carries seen=<done + failed shown>
+// and is answered as soon as its progress moves; the next one starts at least POLL_GAP after the last,
+// so a fast batch is shown about twice a second, not on every write of its workers.
 const MAX_POLLS = 4;
 const WAIT = 25;
 const SHORT_WAIT = 5;
+const POLL_GAP = 400; // ms
 let polling = 0;
 const turns = [];
 
@@ -633,18 +728,23 @@ function endTurn() {
 
 async function watch(row) {
   let backoff = 0;
-  while (!row.removed) {
+  let lastPoll = -Infinity;
+  while (!row.removed && !row.ended) {
+    const gap = lastPoll + POLL_GAP - performance.now();
+    if (gap > 0) await sleep(gap);
     await takeTurn();
-    if (row.removed) {
+    if (row.removed || row.ended) {
       endTurn();
       return;
     }
     const wait = turns.length ? SHORT_WAIT : WAIT;
+    lastPoll = performance.now();
     let response;
     let answer;
     try {
       const signal = AbortSignal.any([row.abort.signal, AbortSignal.timeout((wait + 20) * 1000)]);
-      response = await api(`/result/${encodeURIComponent(row.job.id)}?wait=${wait}`, { signal });
+      // seen is read by the service for a batch only (a single job's answer comes when it ends)
+      response = await api(`/result/${encodeURIComponent(row.job.id)}?wait=${wait}&seen=${row.seen}`, { signal });
       answer = await readJson(response);
     } catch (exc) {
       if (row.removed) return endTurn();
@@ -656,16 +756,17 @@ async function watch(row) {
     }
     endTurn();
     if (row.removed) return;
+    if (response.status === 200) {
+      row.setNote("");
+      row.end(answer); // after a cancel, a canceled answer may still add the images the workers had in hand
+      return;
+    }
+    if (row.ended) return; // canceled meanwhile
     if (response.status === 202) {
       backoff = 0;
       row.setNote("");
       row.update(answer);
       continue;
-    }
-    if (response.status === 200) {
-      row.setNote("");
-      row.end(answer);
-      return;
     }
     if (response.status === 404) {
       row.setNote("");
@@ -688,6 +789,68 @@ async function watch(row) {
     row.setNote("");
     row.fail(answer.error || `The service answered ${response.status}.`);
     return;
+  }
+}
+
+// ---- canceling: DELETE /result/<jobId> --------------------------------------------------------------------
+
+async function cancelJob(row) {
+  const button = row.cancelButton;
+  const focused = document.activeElement === button;
+  button.disabled = true;
+  button.textContent = "Canceling…";
+  let response;
+  let answer;
+  try {
+    response = await api(`/result/${encodeURIComponent(row.job.id)}`, { method: "DELETE" });
+    answer = await readJson(response);
+  } catch (exc) {
+    row.setNote(`The service did not answer the cancel (${exc.message}); try again.`);
+    button.disabled = false;
+    button.textContent = "Cancel";
+    return;
+  }
+  if (row.removed) return;
+  button.textContent = "Cancel";
+  if (response.status === 200) {
+    row.setNote("");
+    row.end(answer);
+    if (answer.progress) settle(row, handledOf(answer.progress));
+  } else if (response.status === 409) {
+    // it had ended already: the long-poll under way is answered with how, and shows it
+    row.setNote("It had ended already.");
+  } else if (response.status === 404) {
+    row.setNote("");
+    row.expire();
+  } else {
+    if (response.status === 401) tokenNeeded(true);
+    row.setNote(`The cancel was refused: ${answer.error || `the service answered ${response.status}.`}`);
+    button.disabled = false;
+  }
+  if (focused && (row.ended || button.hidden)) row.title.focus(); // the button is gone: keep the place in the list
+}
+
+/**
+ * After a batch's cancel, read it again a few times, a second apart, until its count stops: a chunk running
+ * at the cancel still writes the images it had in hand (within about a quarter of a second) before it stops.
+ */
+async function settle(row, count) {
+  for (let tries = 0; tries < 4; tries += 1) {
+    await sleep(1000);
+    if (row.removed) return;
+    let answer;
+    try {
+      const response = await api(`/result/${encodeURIComponent(row.job.id)}`, { signal: row.abort.signal });
+      if (response.status !== 200) return;
+      answer = await readJson(response);
+    } catch {
+      return;
+    }
+    if (row.removed || answer.status !== "canceled") return;
+    row.end(answer);
+    const now = handledOf(answer.progress);
+    if (now === count) return;
+    count = now;
   }
 }
 

@@ -34,10 +34,28 @@ export function icon(name, extra = "") {
   return svg;
 }
 
+/** A sentence for screen readers, through the page's polite live region (the last five are kept). */
+export function announce(text) {
+  const announcer = document.getElementById("announcer");
+  if (!announcer) return;
+  announcer.append(h("p", { text }));
+  while (announcer.childElementCount > 5) announcer.firstElementChild.remove();
+}
+
 export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
+/** A count as the page shows it: 10,000. */
+export function number(count) {
+  return Number(count).toLocaleString("en");
+}
+
 export function plural(count, word, many = `${word}s`) {
-  return `${count} ${count === 1 ? word : many}`;
+  return `${number(count)} ${count === 1 ? word : many}`;
+}
+
+/** A file name as text that may wrap after _ - / (not inside a word, nor before its extension), for narrow boxes. */
+export function breakable(text) {
+  return String(text).split(/(?<=[_\-/])/).flatMap((part, index) => (index ? [document.createElement("wbr"), part] : [part]));
 }
 
 export function baseName(path) {
