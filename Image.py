@@ -48,6 +48,7 @@ _SAVE_OPTIONS = {"jpeg": {"quality": 85}, "png": {}, "webp": {"quality": 80, "me
 # (Pillow's own default for thumbnail(); visually the same as resampling the full image).
 _REDUCING_GAP = 2.0
 _SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})  # EXIF orientations that rotate by 90 degrees
+_TRANSPOSING_ORIENTATIONS = frozenset(range(2, 9))  # every orientation but upright (1): the others move pixels
 _MB = 1024 * 1024
 # TIFF tags libtiff sizes its decoding buffer by.
 _BITS_PER_SAMPLE, _COMPRESSION, _PHOTOMETRIC, _SAMPLES_PER_PIXEL, _ROWS_PER_STRIP = 258, 259, 262, 277, 278
@@ -86,6 +87,8 @@ def make_thumbnail(
 ) -> dict:
     """Write a thumbnail of src to dest atomically; return {"width", "height", "format"} of what was written.
 
+    dest is a path, or a function of the output's extension (".jpg", ".png" or ".webp") that returns one:
+    then the source is opened once, not once to learn its format and again to resize it.
     fit: "contain" keeps the aspect ratio inside width x height and never upscales; "cover"
     fills exactly width x height, cropping the centre; "stretch" fills it ignoring the aspect.
     fmt: one of FORMATS, or None for the source's format if it is one of them, else png.
@@ -106,6 +109,7 @@ def make_thumbnail(
         if out_format == "jpeg":
             thumb = _flatten(thumb)
         thumb.info.clear()  # save() falls back on info: no EXIF/GPS, comments or stale keys
+        dest = dest(_EXTENSIONS[out_format]) if callable(dest) else dest
         _write_atomically(thumb, dest, out_format, icc_profile)
         return {"width": thumb.width, "height": thumb.height, "format": _PILLOW_NAMES[out_format]}
 
@@ -286,8 +290,8 @@ def _thumbnail(img, size, fit, max_decode_bytes):
         orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
         img.draft(None, _draft_size(img.size, size, fit, orientation in _SWAPPING_ORIENTATIONS))
         _check_decode_bytes(img, max_decode_bytes)  # after draft(), which lowers the cost
-        # After draft() so the (cheap) transpose runs on the reduced image.
-        ImageOps.exif_transpose(img, in_place=True)
+        if orientation in _TRANSPOSING_ORIENTATIONS:  # after draft(): the (cheap) transpose runs on the reduced image
+            ImageOps.exif_transpose(img, in_place=True)
         return _resize(_to_8bit(img), size, fit)
     except _DECODE_ERRORS as exc:
         raise _read_error(exc, _CORRUPT) from None
@@ -383,7 +387,8 @@ def _write_atomically(img, dest, out_format, icc_profile):
     folder = os.path.dirname(dest) or "."
     temp = os.path.join(folder, f".{os.path.basename(dest)}.{os.urandom(6).hex()}.tmp")
     try:
-        os.makedirs(folder, exist_ok=True)
+        if not os.path.isdir(folder):
+            os.makedirs(folder, exist_ok=True)
         with open(temp, "xb") as file:
             img.save(file, _PILLOW_NAMES[out_format], icc_profile=icc_profile, **_SAVE_OPTIONS[out_format])
         os.replace(temp, dest)

@@ -54,18 +54,25 @@ def _key(batch_id: str, part: str = "") -> str:
 # --- creating it (the API) ----------------------------------------------------------------------------
 
 
-def chunk_size(total: int, workers: int, most: int) -> int:
-    """Images per chunk: about four chunks per worker, so every worker gets work and a slow
-    chunk does not hold up the end, but never so small that per-job overhead dominates."""
-    per_chunk = math.ceil(total / (4 * max(workers, 1)))
-    return max(1, min(most, max(MIN_CHUNK, per_chunk)))
+def chunk_starts(total: int, workers: int, most: int) -> list[tuple[int, int]]:
+    """(start, size) of each chunk, guided: each takes a share of what is left (1 / (2 x workers)), at most
+    `most` (CHUNK_SIZE) and at least MIN_CHUNK. Big chunks while there is plenty keep RQ's cost per job
+    small; ever smaller ones at the end keep every worker busy to the last image (equal chunks of a
+    quarter of each worker's share left one worker alone with up to a chunk while the others idled)."""
+    chunks, start = [], 0
+    while start < total:
+        share = math.ceil((total - start) / (2 * max(workers, 1)))
+        size = min(total - start, max(1, min(most, max(MIN_CHUNK, share))))
+        chunks.append((start, size))
+        start += size
+    return chunks
 
 
 def enqueue(submission: jobs.Submission, action: Action, images: list[str], params: dict, job_id: str) -> Job:
     """The batch job (created, not yet queued), its record and its chunks (queued), written in one transaction."""
     redis, settings = submission.redis, submission.settings
     q = queue(action.queue, redis)
-    size = chunk_size(len(images), Worker.count(connection=redis, queue=q), settings.chunk_size)
+    starts = chunk_starts(len(images), Worker.count(connection=redis, queue=q), settings.chunk_size)
     batch_job = q.create_job(
         finish,
         args=(job_id, images),
@@ -81,7 +88,7 @@ def enqueue(submission: jobs.Submission, action: Action, images: list[str], para
                 submission, f"{job_id}-{number}", action.name, jobs.CHUNK, on_chunk_failure, batch=job_id, chunk=number
             ),
         )
-        for number, start in enumerate(range(0, len(images), size))
+        for number, (start, size) in enumerate(starts)
     ]
     with redis.pipeline() as pipe:
         pipe.hset(_key(job_id), mapping={"total": len(images), "chunks": len(chunks)})

@@ -71,18 +71,24 @@ def test_a_queued_job_canceled_never_runs(client, folder, images_root):
     assert again.status_code == 409 and "already ended" in again.get_json()["error"]
 
 
-def test_a_running_batch_canceled_starts_no_new_image_and_keeps_what_is_done(client, folder, images_root):
+def test_a_running_batch_canceled_starts_no_new_image_and_keeps_what_is_done(client, folder, images_root, workers):
     job_id = slow_batch(client, folder, images_root, 12)
     answer = client.get(f"/result/{job_id}?wait=20&seen=0").get_json()
     assert handled(answer) >= 1, answer
     canceled = client.delete(f"/result/{job_id}")
     body = canceled.get_json()
     assert canceled.status_code == 200 and body["status"] == "canceled"
-    time.sleep(2.5)  # the contract: no new image starts more than 2 s after the cancel
-    settled = client.get(f"/result/{job_id}").get_json()
-    time.sleep(3)  # about three more images' time, had the chunks gone on
+    # An image a worker was making at the cancel may still end (one per worker); none starts after it.
+    # Progress is read until it has not moved for 3 s (about three images' time, had the chunks gone on).
+    last, still_since, deadline = handled(body), time.monotonic(), time.monotonic() + 60
+    while time.monotonic() - still_since < 3:
+        assert time.monotonic() < deadline, "progress never settled after the cancel"
+        time.sleep(0.5)
+        now = client.get(f"/result/{job_id}").get_json()
+        if handled(now) != last:
+            last, still_since = handled(now), time.monotonic()
     final = client.get(f"/result/{job_id}").get_json()
-    assert final["status"] == "canceled" and handled(final) == handled(settled) < 12, (settled, final)
+    assert final["status"] == "canceled" and handled(final) <= handled(body) + len(workers) < 12, (body, final)
     entries = final["entries"]
     assert len(entries) == handled(final) and all("result" in entry for entry in entries)
     names = [entry["image"] for entry in entries]

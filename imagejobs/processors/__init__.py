@@ -16,7 +16,7 @@ processor that needs them, so the API, which reads the actions table, never load
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,14 @@ class Work:
     job_id: str  # the job the user sees (a batch's, for its chunks): downloads and files are kept under it
     settings: Settings
     redis: Redis
+    folders: set = field(default_factory=set)  # output folders already made and checked for this work
+
+    def folder(self, path: Path) -> Path:
+        """An output folder inside the root, made (and checked: no link on the way leads out) once per work."""
+        if path not in self.folders:
+            paths.make_folder(self.settings.images_root, path)
+            self.folders.add(path)
+        return path
 
     def locate(self, image: str) -> Path:
         """The file an image names: a path under the root (checked again: the job's arguments came through
@@ -60,7 +68,7 @@ class Work:
         folder = paths.download_folder(root, self.job_id) / hashlib.sha256(image.encode()).hexdigest()[:16]
         return downloads.download(
             image,
-            paths.make_folder(root, folder),
+            self.folder(folder),
             max_bytes=settings.max_download_mb * 1024 * 1024,
             max_pixels=settings.max_image_pixels,
             connect_timeout=settings.url_connect_timeout,

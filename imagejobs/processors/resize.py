@@ -12,19 +12,24 @@ def process(work: Work):
 
 
 def thumbnail(work: Work, path: Path) -> dict:
-    root, params, max_pixels = work.settings.images_root, work.params, work.settings.max_image_pixels
-    source = Image.read_size(path, max_pixels)
-    extension = Image.output_extension(source["format"], params.get("format"))
-    dest = paths.thumbnail_path(root, paths.relative(root, path), extension)
-    paths.make_folder(root, dest.parent)  # refused if a link on the way leads out of the root
+    """The thumbnail of one image. Its name depends on the output's format, which Image.make_thumbnail
+    learns as it opens the source: it asks for the destination then, so the source is opened once."""
+    root, params = work.settings.images_root, work.params
+    made = {}
+
+    def destination(extension: str) -> Path:
+        made["path"] = paths.thumbnail_path(root, paths.relative(root, path), extension)
+        work.folder(made["path"].parent)  # refused if a link on the way leads out of the root
+        return made["path"]
+
     written = Image.make_thumbnail(
         path,
-        dest,
+        destination,
         params.get("width", 100),
         params.get("height", 100),
         params.get("fit", "contain"),
         params.get("format"),
-        max_pixels,
+        work.settings.max_image_pixels,
         max_decode_bytes=work.settings.max_decode_bytes,
     )
-    return {"path": paths.relative(root, dest), **written}  # a path a client can use: under the images root
+    return {"path": paths.relative(root, made["path"]), **written}  # a path a client can use: under the root
