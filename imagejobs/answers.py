@@ -48,7 +48,10 @@ def wait(redis: Redis, job: Job, seconds: float, result_ttl: int, seen: int | No
         left = deadline - time.monotonic()
         if left <= 0:
             break
-        read = redis.xread(positions, count=1, block=max(1, int(1000 * min(left, WAIT_SLICE))))
+        with redis.pipeline(transaction=False) as pipe:  # the job is read as soon as the block ends: one round trip
+            pipe.xread(positions, count=1, block=max(1, int(1000 * min(left, WAIT_SLICE))))
+            pipe.hgetall(job.key)
+            read, data = pipe.execute()
         for stream, entries in read or ():
             positions[stream.decode()], payload = entries[-1]
             if stream.decode() == results:  # an end, or a failed attempt that RQ retries (then wait on)
@@ -56,7 +59,7 @@ def wait(redis: Redis, job: Job, seconds: float, result_ttl: int, seen: int | No
                     job.id, positions[results].decode(), payload, connection=redis, serializer=SERIALIZER
                 )
         try:
-            jobs.refresh(job)
+            jobs.restore(job, data)
         except NoSuchJobError:  # deleted while we waited
             raise jobs.gone(job.id, result_ttl) from None
         if watch_progress and read and batch.handled(redis, job.id) != seen:

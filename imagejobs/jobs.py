@@ -110,7 +110,11 @@ def fetch(redis: Redis, job_id: str, result_ttl: int, owned: Callable[[Job], boo
 
 def refresh(job: Job) -> Job:
     """The job read afresh from Redis, with when it was canceled, in one round trip (NoSuchJobError if gone)."""
-    data = job.connection.hgetall(job.key)
+    return restore(job, job.connection.hgetall(job.key))
+
+
+def restore(job: Job, data: dict) -> Job:
+    """The job from its hash as HGETALL read it (NoSuchJobError if there was none)."""
     if not data:
         raise NoSuchJobError(job.id)
     job.restore(data)
