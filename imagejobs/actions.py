@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from imagejobs import params
+from imagejobs.config import Settings
 from imagejobs.processors import Work, classify, plot, resize, size
 from RedisConfig import CLASSIFY_QUEUE, IMAGES_QUEUE
 
@@ -27,6 +28,14 @@ class Action:
     title: str
     description: str = ""  # what the page says under the action's options
     per_image: bool = True  # one entry per image (batches fan out); else one job over all the images
+    # What besides the image and the parameters a result depends on (the model, for classify): an image
+    # submitted again reuses its remembered result only under the same key (reuse.py). None: never reused.
+    reuse_key: Callable[[Settings], str] | None = None
+
+
+def same_everywhere(settings: Settings) -> str:
+    """The reuse key of an action whose result depends on the image and the parameters alone."""
+    return ""
 
 
 ACTIONS = {
@@ -40,6 +49,7 @@ ACTIONS = {
             summary="Size",
             title="Size",
             description="Width, height, format and colour mode of each image.",
+            reuse_key=same_everywhere,
         ),
         Action(
             name="resize",
@@ -50,6 +60,7 @@ ACTIONS = {
             title="Thumbnail {width} × {height} ({fit}{, format|upper})",
             description="The thumbnail fits the box: contain keeps the whole image, cover fills the box and crops, "
             "stretch distorts.",
+            reuse_key=same_everywhere,
         ),
         Action(
             name="classify",
@@ -59,6 +70,7 @@ ACTIONS = {
             summary="Classification",
             title="Classify (top {top})",
             description="The ImageNet labels a model finds most likely, with their scores.",
+            reuse_key=classify.model_identity,
         ),
         Action(
             name="plot",

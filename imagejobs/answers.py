@@ -103,6 +103,8 @@ def describe(redis: Redis, job: Job, read: Result | None = None) -> tuple[int, d
         return 200, body
     if status == JobStatus.FINISHED and ended is not None:
         body["result"] = ended.return_value
+        if job.meta.get("reused"):
+            body["reused"] = True  # a single image's remembered result (a batch says so in each entry)
         return 200, body
     if status in jobs.TERMINAL:
         body["status"] = "failed"

@@ -29,7 +29,7 @@ from redis import Redis
 from rq import Queue, Worker, get_current_job
 from rq.job import Job, JobStatus
 
-from imagejobs import jobs, metrics, tasks
+from imagejobs import jobs, metrics, reuse, tasks
 from imagejobs.actions import ACTIONS, Action
 from imagejobs.config import settings as worker_settings
 from RedisConfig import SERIALIZER, queue
@@ -116,7 +116,7 @@ def run_chunk(batch_id: str, action: str, chunk: int, offset: int, images: list[
     recorder = Recorder(work.redis, batch_id, action)
     work.redis.hsetnx(_key(batch_id), "startedAt", _now())
     started = time.perf_counter()
-    for index, entry in enumerate(ACTIONS[action].process(work), start=offset):
+    for index, entry in enumerate(reuse.entries(ACTIONS[action], work), start=offset):
         if recorder.add(index, entry):
             break  # canceled: what is done is kept, nothing new starts
     recorder.flush()

@@ -5,8 +5,9 @@ import re
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
+from urllib.parse import quote
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 CLIENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
@@ -34,6 +35,16 @@ class Settings(BaseSettings):
         description="comma-separated name:token pairs (or bare tokens), or the path of a file of them, one a line",
     )
     require_redis_auth: bool = False
+    redis_sentinels: str = Field(
+        "",
+        description="comma-separated host:port of Redis Sentinels: set, the Redis master is the one they name "
+        "REDIS_SENTINEL_MASTER, found again after a failover; REDIS_URL then gives only the password, database "
+        "and scheme (its host is not used) and may be left unset",
+    )
+    redis_sentinel_master: str = Field("mymaster", min_length=1, description="the master's name the sentinels monitor")
+    redis_sentinel_password: str | None = Field(
+        None, description="the sentinels' own password (their requirepass); unset: Redis's password; empty: none"
+    )
     dashboard_clients: str = Field(
         "", description="with API_TOKENS: the comma-separated names of the clients that may use the RQ dashboard"
     )
@@ -60,9 +71,33 @@ class Settings(BaseSettings):
     job_timeout: int = Field(600, ge=1, description="seconds one job (one image or one chunk) may run")
     job_retries: int = Field(2, ge=0, description="re-runs of a job whose worker died")
     chunk_size: int = Field(32, ge=1, description="most images in one job of a batch")
+    reuse_max_entries: int = Field(
+        100_000, ge=0, description="results remembered per client for reuse (the least recently used go first)"
+    )
     input_ttl: int | None = Field(
         None, ge=1, description="seconds uploads and downloaded URLs are kept after their job; default RESULT_TTL + 1 h"
     )
+
+    @model_validator(mode="after")
+    def _sentinel_url(self):
+        """With REDIS_SENTINELS and no REDIS_URL, REDIS_URL stands as redis://<REDIS_SENTINEL_MASTER>/0: the
+        sentinels name the host, and every process (run.py too) sees that Redis is configured."""
+        if self.redis_sentinels.strip() and not self.redis_url:
+            object.__setattr__(self, "redis_url", f"redis://{quote(self.redis_sentinel_master, safe='')}/0")
+        return self
+
+    @cached_property
+    def sentinel_addresses(self) -> tuple[tuple[str, int], ...]:
+        """REDIS_SENTINELS as (host, port) pairs ("[::1]:26379" for IPv6); empty when unset. A malformed item
+        raises ValueError naming it."""
+        addresses = []
+        for item in filter(None, (part.strip() for part in self.redis_sentinels.split(","))):
+            host, colon, port = item.rpartition(":")
+            host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+            if not (colon and host and port.isdigit() and 0 < int(port) < 65536):
+                raise ValueError(f"REDIS_SENTINELS: {item!r} is not host:port")
+            addresses.append((host, int(port)))
+        return tuple(addresses)
 
     @cached_property
     def clients(self) -> dict[str, str]:
@@ -102,6 +137,7 @@ class Settings(BaseSettings):
         """Raise ValueError on a setting that parses only when used (a malformed ALLOWED_URL_NETWORKS), so a
         process refuses to start instead of failing its first job."""
         _ = self.url_networks  # parsed now and kept
+        _ = self.sentinel_addresses
 
     @cached_property
     def url_networks(self) -> tuple:

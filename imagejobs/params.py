@@ -37,6 +37,7 @@ class Source(Params):
         None, description="a file or folder inside the images root", min_length=1, max_length=1024
     )
     recursive: bool = Field(False, description="include the subfolders of a folder")
+    force: bool = Field(False, description="redo every image, even one whose earlier result could be reused")
     imageUrl: list[str] | None = Field(
         None, description="an http(s) URL, or several (a JSON list), that a worker downloads"
     )

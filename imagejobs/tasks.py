@@ -16,8 +16,9 @@ from rq.exceptions import AbandonedJobError
 from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
-from imagejobs import config, jobs, metrics
+from imagejobs import config, jobs, metrics, reuse
 from imagejobs.actions import ACTIONS, Action
+from imagejobs.clients import ANONYMOUS
 from imagejobs.processors import ImageJobError, Work
 from RedisConfig import queue
 
@@ -55,12 +56,17 @@ def _enqueue(submission: jobs.Submission, action: Action, func, args: tuple, opt
 def current_work(images: list[str], params: dict, named: str) -> Work:
     """The Work of the job this worker runs now (a chunk's downloads go under its batch's id)."""
     job = get_current_job()
-    return Work(images, params, named, job.meta.get("batch", job.id), config.settings, job.connection)
+    batch_id = job.meta.get("batch", job.id)
+    return Work(images, params, named, batch_id, config.settings, job.connection, job.meta.get("client", ANONYMOUS))
 
 
 def run_single(action: str, image: str, params: dict) -> dict:
     started = time.perf_counter()
     entry = only_entry(ACTIONS[action], current_work([image], params, image))
+    if entry.get("reused"):  # the answer says so (GET /result: "reused": true)
+        job = get_current_job()
+        job.meta["reused"] = True
+        job.save_meta()
     took = time.perf_counter() - started
     metrics.WORK.image(action, took, failed="error" in entry)
     metrics.WORK.job(action, took)
@@ -79,7 +85,7 @@ def run_whole(action: str, images: list[str], params: dict, named: str) -> dict:
 
 
 def only_entry(action: Action, work: Work) -> dict:
-    return next(iter(action.process(work)))
+    return next(iter(reuse.entries(action, work)))
 
 
 def result_of(entry: dict) -> dict:

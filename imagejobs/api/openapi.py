@@ -43,6 +43,9 @@ class JobAnswer(BaseModel):
     entries: list[dict[str, Any]] | None = Field(
         None, description="a canceled batch: the entries made before the cancel, in the order of their images"
     )
+    reused: bool | None = Field(
+        None, description="a single image's result reused from an earlier job (a batch says so in each entry)"
+    )
 
 
 class Listing(BaseModel):

@@ -36,7 +36,10 @@ def enqueue(default_action: str):
     try:
         images, is_batch, named = requests.named_images(given, job_id)
         options.check_image_count(len(images))
-        job = start_job(action, images, is_batch, options.model_dump(exclude_none=True), job_id, named)
+        options = options.model_dump(exclude_none=True) | (
+            {"force": True} if params.validate(params.Source, given).force else {}
+        )
+        job = start_job(action, images, is_batch, options, job_id, named)
     except BaseException:  # refused (a bad parameter, a full queue, Redis down...): it leaves nothing on disk
         inputs.discard(settings().images_root, job_id)
         raise

@@ -48,6 +48,7 @@ class Work:
     job_id: str  # the job the user sees (a batch's, for its chunks): downloads and files are kept under it
     settings: Settings
     redis: Redis
+    client: str = "anonymous"  # whose work it is: remembered results are the client's own (reuse.py)
     folders: set = field(default_factory=set)  # output folders already made and checked for this work
 
     def folder(self, path: Path) -> Path:

@@ -5,6 +5,7 @@ there: the API and the image workers never import the classifier or its librarie
 """
 
 import logging
+import os
 import time
 from functools import cache
 
@@ -12,6 +13,7 @@ from imagejobs.config import Settings
 from imagejobs.processors import Work, outcome
 
 log = logging.getLogger(__name__)
+BUILTIN = "efficientnet-lite0"
 
 
 @cache
@@ -22,6 +24,17 @@ def model(settings: Settings):
     return Classifier.load(
         settings.classifier_model, settings.classifier_labels, cache_dir=settings.classifier_cache_dir
     )
+
+
+def model_identity(settings: Settings) -> str:
+    """Which model classifies: the built-in one, or the configured file as it is now (its path and times),
+    so a classification is reused only for the same model."""
+    if not settings.classifier_model:
+        return BUILTIN
+    try:
+        return f"{settings.classifier_model}@{os.stat(settings.classifier_model).st_mtime_ns}"
+    except OSError:
+        return settings.classifier_model
 
 
 def warm_up(settings: Settings) -> None:

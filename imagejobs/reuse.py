@@ -1,0 +1,155 @@
+"""Work already done is not done again: a folder (or a file) submitted again with the same action and
+parameters reuses each image's earlier result while the image has not changed since.
+
+An image is unchanged when its size, modification and change times and inode are those recorded; when
+only its times differ (touched, copied back, restored from a backup) and its size is the same, a content
+hash (BLAKE2b, recorded with the result) decides. A result that names a file (a thumbnail) is reused only
+while that file is still the one made then (its size and modification time). A classification is
+reused only for the same model (the action's reuse key says which). `force=true` redoes everything.
+Inputs the service made for a job (uploads, downloads) are never reused: they are new each time.
+
+What is remembered is kept per client in Redis (so it survives a restart, with Redis's AOF), at most
+REUSE_MAX_ENTRIES entries a client, the least recently used going first:
+
+  imagejob:reuse:<client>      hash: entry id -> JSON {"source": identity, "digest", "result", "made": identity}
+  imagejob:reuse-lru:<client>  sorted set: entry id -> when it was last used
+An entry id is a hash of the action, its parameters, its reuse key and the image's path.
+"""
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from redis import Redis
+
+from imagejobs import inputs, paths
+
+HASH_CHUNK = 1 << 20
+
+
+def _keys(client: str) -> tuple[str, str]:
+    return f"imagejob:reuse:{client}", f"imagejob:reuse-lru:{client}"
+
+
+def entry_id(action: str, params: dict, key: str, image: str) -> str:
+    """The id of an image's remembered result: the same for the same action, parameters, key and path."""
+    parts = json.dumps([action, {k: v for k, v in sorted(params.items()) if k != "force"}, key, image])
+    return hashlib.blake2b(parts.encode(), digest_size=16).hexdigest()
+
+
+def reusable(image: str) -> bool:
+    """Whether an image may have a remembered result: a path under the root, not a URL nor a job's input."""
+    return "://" not in image and inputs.job_of(image) is None
+
+
+def identity(path: Path) -> list[int] | None:
+    """What tells a file has not changed: size, modification and change times, inode; None if it is gone."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def digest(path: Path) -> str:
+    hasher = hashlib.blake2b(digest_size=20)
+    with open(path, "rb") as file:
+        while chunk := file.read(HASH_CHUNK):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+def recall(redis: Redis, client: str, ids: list[str]) -> list[dict | None]:
+    """The remembered records of these entry ids (None where there is none), in one round trip."""
+    if not ids:
+        return []
+    return [json.loads(value) if value else None for value in redis.hmget(_keys(client)[0], ids)]
+
+
+def still_valid(record: dict, source: Path, root: Path) -> bool:
+    """Whether a remembered result still holds for the source as it is now (see the module's docstring)."""
+    now = identity(source)
+    if now is None:
+        return False
+    if now != record["source"]:
+        if now[0] != record["source"][0] or digest(source) != record["digest"]:
+            return False
+        record["source"] = now  # the same content: remembered with its new times
+    made = record["result"].get("path") if isinstance(record["result"], dict) else None
+    return made is None or identity(root / made) == record.get("made")
+
+
+def remember(redis: Redis, client: str, most: int, records: dict[str, dict]) -> None:
+    """Remember records (entry id -> record), mark them used, and forget the least recently used beyond most."""
+    if not records:
+        return
+    table, lru = _keys(client)
+    with redis.pipeline() as pipe:
+        pipe.hset(table, mapping={entry: json.dumps(record) for entry, record in records.items()})
+        pipe.zadd(lru, dict.fromkeys(records, time.time()))
+        pipe.zcard(lru)
+        *_, count = pipe.execute()
+    if count > most:
+        evicted = [member for member, _ in redis.zpopmin(lru, count - most)]
+        if evicted:
+            redis.hdel(table, *evicted)
+
+
+def record_of(source: Path, result: dict, root: Path, source_identity: list[int] | None = None) -> dict | None:
+    """What to remember of a result just made (None if the source is gone meanwhile)."""
+    source_identity = source_identity or identity(source)
+    if source_identity is None:
+        return None
+    made = result.get("path") if isinstance(result, dict) else None
+    return {
+        "source": source_identity,
+        "digest": digest(source),
+        "result": result,
+        "made": identity(root / made) if made else None,
+    }
+
+
+def entries(action, work):
+    """The action's entries for the work's images, in order: a remembered result for each image that has one
+    still valid (marked "reused": true), the processor's for the others (remembered as they come).
+
+    For an action without a reuse key (a plot: one result over all the images), the processor's alone.
+    """
+    if action.reuse_key is None:
+        yield from action.process(work)
+        return
+    settings, root = work.settings, work.settings.images_root
+    key = action.reuse_key(settings)
+    ids = {index: entry_id(action.name, work.params, key, image) for index, image in enumerate(work.images)}
+    ids = {index: entry for index, entry in ids.items() if reusable(work.images[index])}
+    ready, kept = {}, {}
+    if not work.params.get("force"):
+        for (index, entry), record in zip(ids.items(), recall(work.redis, work.client, list(ids.values()))):
+            source = _source(root, work.images[index])
+            if record is not None and source is not None and still_valid(record, source, root):
+                ready[index] = {"image": work.images[index], "result": record["result"], "reused": True}
+                kept[entry] = record
+    todo = [image for index, image in enumerate(work.images) if index not in ready]
+    fresh = action.process(replace(work, images=todo))
+    try:
+        for index, image in enumerate(work.images):
+            if index in ready:
+                yield ready[index]
+                continue
+            entry = {**next(fresh), "reused": False}
+            if "result" in entry and index in ids and (source := _source(root, image)) is not None:
+                if (record := record_of(source, entry["result"], root)) is not None:
+                    kept[ids[index]] = record
+            yield entry
+    finally:
+        remember(work.redis, work.client, settings.reuse_max_entries, kept)
+
+
+def _source(root: Path, image: str) -> Path | None:
+    try:
+        return paths.resolve(root, image)
+    except (paths.PathRefused, paths.PathNotFound):
+        return None
