@@ -11,16 +11,24 @@ import argparse
 import logging
 import socket
 import sys
+from functools import partial
 
 from rq import Worker
 
-from imagejobs import metrics
+from imagejobs import answers, callbacks, jobs, metrics
 from imagejobs.config import settings
 from imagejobs.processors import classify
 from imagejobs.startup import CannotStart, check_writable
 from imagejobs.worker import MAINTENANCE_INTERVAL, WORKER_TTL, ImageWorker, TrustedJob
 from log import setup_logging
 from RedisConfig import CLASSIFY_QUEUE, QUEUE_NAMES, SERIALIZER, RedisNotConfigured, connection, queue
+
+
+def answer_of(redis, job_id: str) -> dict:
+    """A job's answer as GET /result gives it (JobNotFound once it expired), for its callback."""
+    _, body = answers.describe(redis, jobs.fetch(redis, job_id, settings.result_ttl))
+    body.pop("callback", None)  # the delivery's own outcome is not news to the receiver
+    return body
 
 
 def healthy() -> bool:
@@ -60,6 +68,7 @@ def main(argv=None) -> int:
         worker_ttl=WORKER_TTL,
         maintenance_interval=MAINTENANCE_INTERVAL,
     )
+    callbacks.Courier(redis, settings, partial(answer_of, redis)).start()  # delivers callbacks beside the jobs
     log.info("worker %s serving %s", worker.name, ", ".join(args.queues))
     worker.work(logging_level="WARNING")
     metrics.WORK.flush(redis)  # what was counted since the last beat

@@ -9,7 +9,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.results import Result
 
-from imagejobs import batch, jobs
+from imagejobs import batch, callbacks, jobs
 from RedisConfig import SERIALIZER
 
 # A blocking read is cut into slices this long; between slices the job's status is read afresh (see wait).
@@ -95,6 +95,8 @@ def describe(redis: Redis, job: Job, read: Result | None = None) -> tuple[int, d
         body["endedAt"] = _iso(ended.execution_ended_at or ended.created_at)
     if batch_started:
         body["startedAt"] = batch_started
+    if (callback := callbacks.outcome(redis, job)) is not None:
+        body["callback"] = callback
     if canceled is not None:
         body.update(status="canceled", endedAt=canceled)
         if is_batch:

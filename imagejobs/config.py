@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     job_timeout: int = Field(600, ge=1, description="seconds one job (one image or one chunk) may run")
     job_retries: int = Field(2, ge=0, description="re-runs of a job whose worker died")
     chunk_size: int = Field(32, ge=1, description="most images in one job of a batch")
+    callback_secret: str | None = Field(
+        None, description="the secret clients' callback secrets derive from; unset: one made once and kept in Redis"
+    )
+    callback_retry_seconds: int = Field(600, ge=0, description="how long a callback is tried again while it fails")
     reuse_max_entries: int = Field(
         100_000, ge=0, description="results remembered per client for reuse (the least recently used go first)"
     )

@@ -1,4 +1,5 @@
-"""Downloading one image from an http(s) URL for a job, without letting the URL reach into the network (SSRF).
+"""Reaching an http(s) URL for a job (downloading an image, calling back when a job ends) without letting
+the URL reach into the network (SSRF).
 
 The URL's host is resolved once; every address it resolves to must be public (or inside the
 allowed networks), and the connection goes straight to one of those checked addresses, so a
@@ -130,6 +131,37 @@ def validate_url(url: str) -> str:
     """
     _parse(url)
     return url
+
+
+def check_destination(url: str, allowed_networks: tuple[IPNetwork, ...] = ()) -> str:
+    """url, once its syntax is right and every address its host resolves to may be reached (one DNS lookup):
+    what a URL the service will call later (a callback) must pass when it is given. DownloadError if not."""
+    _resolve(_parse(url), tuple(allowed_networks))
+    return url
+
+
+def post(
+    url: str,
+    body: bytes,
+    headers: dict,
+    *,
+    allowed_networks: tuple[IPNetwork, ...] = (),
+    connect_timeout: float = 5,
+    read_timeout: float = 10,
+    total_timeout: float = 15,
+) -> int:
+    """POST body to url and return the answer's status, under the same rules as a download: the host resolved
+    once, every address checked, the connection to that checked address, no redirect followed, the whole
+    exchange bounded in time; at most 64 KB of the answer is read. DownloadError for a refusal or a network
+    problem (a status of 400 or more is returned, not raised)."""
+    limits = _Limits(64 * 1024, connect_timeout, read_timeout, 0, tuple(allowed_networks))
+    target = _parse(url)
+    with _Deadline(total_timeout) as deadline:
+        address = _resolve(target, limits.allowed_networks)
+        response = _request("POST", target, address, limits, deadline, body, headers)
+        with contextlib.closing(response), _sentences(target.host, limits, deadline):
+            response.read1(limits.max_bytes, decode_content=False)
+            return response.status
 
 
 def download(
@@ -385,7 +417,13 @@ def _redirect(source: _Target, location: str, allowed_networks: tuple[IPNetwork,
 
 
 def _get(target: _Target, address: str, limits: _Limits, deadline: _Deadline) -> HTTPResponse:
-    """GET target from address, its checked IP.
+    return _request("GET", target, address, limits, deadline)
+
+
+def _request(
+    method: str, target: _Target, address: str, limits: _Limits, deadline: _Deadline, body=None, headers=None
+) -> HTTPResponse:
+    """method target at address, its checked IP; no redirect followed.
 
     For https, server_hostname keeps SNI and OpenSSL's certificate check on the host name, so
     connecting to the address itself weakens neither.
@@ -398,9 +436,10 @@ def _get(target: _Target, address: str, limits: _Limits, deadline: _Deadline) ->
         pool = _HTTPPool(address, target.port, **options)
     with _sentences(target.host, limits, deadline):
         return pool.urlopen(
-            "GET",
+            method,
             target.path,
-            headers={"Host": target.host_header},
+            body=body,
+            headers={**(headers or {}), "Host": target.host_header},
             redirect=False,
             preload_content=False,
             decode_content=False,

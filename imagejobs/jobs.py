@@ -37,6 +37,7 @@ class Submission:
     redis: Redis
     settings: Settings
     client: str  # the name of the client the job belongs to (clients.py)
+    callback_url: str | None = None  # where to POST the job's answer when it ends (callbacks.py)
 
 
 def options(submission: Submission, job_id: str, action: str, kind: str, on_failure: Callable, **meta) -> dict:
@@ -50,7 +51,8 @@ def options(submission: Submission, job_id: str, action: str, kind: str, on_fail
         "timeout": settings.job_timeout,
         "retry": Retry(max=settings.job_retries) if settings.job_retries else None,
         "on_failure": Callback(on_failure),
-        "meta": {"action": action, "kind": kind, "client": submission.client, **meta},
+        "meta": {"action": action, "kind": kind, "client": submission.client, **meta}
+        | ({"callbackUrl": submission.callback_url} if submission.callback_url and kind != CHUNK else {}),
     }
 
 

@@ -38,6 +38,12 @@ class Source(Params):
     )
     recursive: bool = Field(False, description="include the subfolders of a folder")
     force: bool = Field(False, description="redo every image, even one whose earlier result could be reused")
+    callbackUrl: str | None = Field(
+        None,
+        min_length=1,
+        max_length=2048,
+        description="an http(s) URL to POST the job's answer to when it ends, signed (X-Imagejobs-Signature)",
+    )
     imageUrl: list[str] | None = Field(
         None, description="an http(s) URL, or several (a JSON list), that a worker downloads"
     )

@@ -16,7 +16,7 @@ from rq.exceptions import AbandonedJobError
 from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
-from imagejobs import config, jobs, metrics, reuse
+from imagejobs import callbacks, config, jobs, metrics, reuse
 from imagejobs.actions import ACTIONS, Action
 from imagejobs.clients import ANONYMOUS
 from imagejobs.processors import ImageJobError, Work
@@ -108,6 +108,9 @@ def on_failure(job: Job, redis: Redis, exc_type, exc_value, traceback) -> None:
         return False
     job.meta["error"] = failure_sentence(job, exc_type, exc_value)
     job.save_meta()
+    with redis.pipeline() as pipe:  # a job that failed for good calls back
+        callbacks.schedule(pipe, job, config.settings)
+        pipe.execute()
     return True
 
 

@@ -29,7 +29,7 @@ from rq.job import Job, _job_stack
 from rq.utils import now
 from rq.worker import WorkerStatus
 
-from imagejobs import batch, config, inputs, jobs, metrics, tasks
+from imagejobs import batch, callbacks, config, inputs, jobs, metrics, tasks
 
 HEARTBEAT_TTL = 30  # seconds a running job's heartbeat lasts; the beat is renewed every third of that
 MAINTENANCE_INTERVAL = 15  # seconds between a worker's looks for abandoned jobs
@@ -112,6 +112,7 @@ class ImageWorker(SimpleWorker):
             self.cleanup_execution(job, pipeline=pipeline)
             self.set_state(WorkerStatus.IDLE, pipeline=pipeline)
             self.heartbeat(pipeline=pipeline)
+            callbacks.schedule(pipeline, job, config.settings)  # the job's callback, if it has one, is due
             pipeline.execute()
 
     def run_maintenance_tasks(self):

@@ -4,6 +4,7 @@ Routes, by resource (one blueprint a module):
   submit.py     GET /imageapi (sizes), POST /imageapi (any action) on paths, uploads or URLs
   results.py    GET /result, /result/<jobId> (status, result, wait=S); GET /result/file (the file a job made)
   browse.py     GET /images?path= (a folder's folders and images, for the page)
+  callbacks.py  GET /callbacks/secret (what a client's callbacks are signed with)
   operators.py  GET /health, GET /metrics
   docs.py       GET /openapi.json, GET /actions (what the page builds its form from), GET / and /static/ (the page)
   dashboard.py  /rq/: rq-dashboard for operators, for JSON jobs, signed in and safe from other sites
@@ -21,7 +22,7 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.routing import BaseConverter
 
 from imagejobs import config
-from imagejobs.api import browse, dashboard, docs, errors, hooks, operators, results, submit
+from imagejobs.api import browse, callbacks, dashboard, docs, errors, hooks, operators, results, submit
 from imagejobs.api.context import Service
 from RedisConfig import connect
 
@@ -48,7 +49,7 @@ def create_app(settings: config.Settings | None = None) -> Flask:
     app.json.sort_keys = False
     # Each connection the server holds may hold a Redis connection (a wait=S, for S seconds).
     app.extensions["imagejobs"] = Service(settings, connect(settings, max_connections=settings.api_connections + 10))
-    for module in (submit, results, browse, operators, docs):
+    for module in (submit, results, browse, callbacks, operators, docs):
         app.register_blueprint(module.blueprint)
     errors.register(app)
     hooks.register(app)

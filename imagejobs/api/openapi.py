@@ -30,6 +30,22 @@ class Progress(BaseModel):
     total: int
 
 
+class Callback(BaseModel):
+    url: str
+    status: Literal["pending", "delivered", "failed"]
+    attempts: int
+    lastStatus: int | None = Field(None, description="the receiver's last HTTP status")
+    lastError: str | None = None
+    deliveredAt: str | None = None
+
+
+class CallbackSecret(BaseModel):
+    client: str
+    secret: str
+    header: str
+    signature: str = Field(description="how the header is made")
+
+
 class JobAnswer(BaseModel):
     jobId: str
     action: str | None
@@ -43,6 +59,7 @@ class JobAnswer(BaseModel):
     entries: list[dict[str, Any]] | None = Field(
         None, description="a canceled batch: the entries made before the cancel, in the order of their images"
     )
+    callback: Callback | None = Field(None, description="with callbackUrl: its delivery's outcome so far")
     reused: bool | None = Field(
         None, description="a single image's result reused from an earlier job (a batch says so in each entry)"
     )
@@ -109,6 +126,8 @@ class ActionsList(BaseModel):
 
 
 MODELS = (
+    Callback,
+    CallbackSecret,
     ActionParameter,
     ActionDescription,
     Limits,
@@ -355,6 +374,13 @@ def document(server: str = "/") -> dict:
                     "summary": "One image under the images root (a thumbnail under resized/, say)",
                     "parameters": _query(params.BrowseQuery.model_json_schema()["properties"], required=("path",)),
                     "responses": {"200": _binary("the image", IMAGE_TYPES), **_errors(400, 404)},
+                }
+            },
+            "/callbacks/secret": {
+                "get": {
+                    "operationId": "callbackSecret",
+                    "summary": "The secret this client's callbacks are signed with (X-Imagejobs-Signature)",
+                    "responses": {"200": _json(CallbackSecret, "the secret and how it signs"), **_errors()},
                 }
             },
             "/docs": {

@@ -4,7 +4,7 @@ asks for, and the images it names (a path, uploads or URLs)."""
 from flask import request
 from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
 
-from imagejobs import downloads, inputs, params, paths
+from imagejobs import callbacks, downloads, inputs, params, paths
 from imagejobs.actions import ACTIONS, Action, AnyActionParams
 from imagejobs.api.context import client, redis, settings
 from imagejobs.api.errors import TooLarge
@@ -161,6 +161,17 @@ def path_images(source: params.Source) -> tuple[list[str], bool, str]:
             f"{'' if source.recursive else ' directly (add recursive=true to include its subfolders)'}."
         )
     return images, True, named
+
+
+def checked_callback(url: str | None) -> str | None:
+    """callbackUrl, if given, once it may be called: http(s), and leading to no private, loopback or link-local
+    address unless ALLOWED_URL_NETWORKS allows it (checked again at every attempt: callbacks.py)."""
+    if url is None:
+        return None
+    try:
+        return callbacks.check_url(url, settings())
+    except downloads.DownloadError as exc:
+        raise params.InvalidParameter(f"Invalid parameter callbackUrl: {exc}") from None
 
 
 def checked_urls(urls: list[str]) -> list[str]:

@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 
 from flask import Blueprint, Response, g, jsonify, request, send_file, stream_with_context
 
-from imagejobs import answers, batch, files, jobs, params, paths
+from imagejobs import answers, batch, callbacks, files, jobs, params, paths
 from imagejobs.api.context import client, redis, settings
 
 blueprint = Blueprint("results", __name__)
@@ -51,6 +51,9 @@ def cancel(job_id: str | None = None):
     jobs.cancel(redis(), job, settings().result_ttl)
     if job.meta.get("kind") == jobs.BATCH:
         batch.cancel(redis(), job.id, settings().result_ttl)
+    with redis().pipeline() as pipe:  # a canceled job calls back too
+        callbacks.schedule(pipe, job, settings())
+        pipe.execute()
     status, body = answers.describe(redis(), job)
     return jsonify(body), status
 

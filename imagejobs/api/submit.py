@@ -32,14 +32,15 @@ def enqueue(default_action: str):
     action = requests.choose_action(given, default_action)
     options = params.validate(action.params, given)
     wait = params.validate(params.WaitQuery, given).wait
+    source = params.validate(params.Source, given)
+    callback_url = requests.checked_callback(source.callbackUrl)
     job_id = jobs.new_job_id()
     try:
         images, is_batch, named = requests.named_images(given, job_id)
         options.check_image_count(len(images))
-        options = options.model_dump(exclude_none=True) | (
-            {"force": True} if params.validate(params.Source, given).force else {}
-        )
-        job = start_job(action, images, is_batch, options, job_id, named)
+        options = options.model_dump(exclude_none=True) | ({"force": True} if source.force else {})
+        submission = jobs.Submission(redis(), settings(), client().name, callback_url)
+        job = start_job(submission, action, images, is_batch, options, job_id, named)
     except BaseException:  # refused (a bad parameter, a full queue, Redis down...): it leaves nothing on disk
         inputs.discard(settings().images_root, job_id)
         raise
@@ -62,9 +63,16 @@ def enqueue(default_action: str):
     return jsonify(body), 202, {"Location": location}
 
 
-def start_job(action: Action, images: list[str], is_batch: bool, options: dict, job_id: str, named: str):
+def start_job(
+    submission: jobs.Submission,
+    action: Action,
+    images: list[str],
+    is_batch: bool,
+    options: dict,
+    job_id: str,
+    named: str,
+):
     """The job over the images: one job over all of them (a plot), a batch, or one image's job."""
-    submission = jobs.Submission(redis(), settings(), client().name)
     if not action.per_image:
         return tasks.enqueue_whole(submission, action, images, options, job_id, named)
     if is_batch:
