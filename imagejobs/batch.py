@@ -38,10 +38,10 @@ log = logging.getLogger(__name__)
 
 # Long enough for a batch of thousands of images to run; the finished result then lives RESULT_TTL.
 BATCH_KEY_TTL = 7 * 24 * 3600
-# A chunk writes its entries this often or this many at a time: a waiting page sees progress within
-# FLUSH_EVERY, and a cancel stops new images within about FLUSH_EVERY plus one image.
+# A chunk writes its entries this often and when it ends: a waiting page sees progress within
+# FLUSH_EVERY, and a cancel stops new images within about FLUSH_EVERY plus one image. (No count limit:
+# a chunk holds at most CHUNK_SIZE entries, and each extra write cost a reused image's chunk a round trip.)
 FLUSH_EVERY = 0.25
-FLUSH_AT = 16
 # Fewer images than this per chunk and RQ's per-job cost (~10 ms) starts to weigh against ~10 ms per thumbnail.
 MIN_CHUNK = 4
 PARTS = ("", "entries", "failed", "chunks")
@@ -136,9 +136,9 @@ def run_chunk(batch_id: str, action: str, chunk: int, offset: int, images: list[
 
 
 class Recorder:
-    """One chunk's entries, on their way to the batch record: kept back until FLUSH_AT of them or
-    FLUSH_EVERY seconds, then written in one round trip, with an event that wakes the batch's waiting
-    requests and a look at whether the batch was canceled. (One round trip an image cost more than the
+    """One chunk's entries, on their way to the batch record: kept back FLUSH_EVERY seconds, then written
+    in one round trip, with an event that wakes the batch's waiting requests and a look at whether the
+    batch was canceled. (One round trip an image cost more than the
     image itself for small work.) Entries are stored by image index, so a re-run chunk rewrites rather
     than adds."""
 
@@ -158,7 +158,7 @@ class Recorder:
         self.pending[index] = entry
         self.recorded += 1
         self.failed += "error" in entry
-        if len(self.pending) >= FLUSH_AT or time.monotonic() - self.flushed_at >= FLUSH_EVERY:
+        if now - self.flushed_at >= FLUSH_EVERY:
             self.flush()
         return self.canceled
 

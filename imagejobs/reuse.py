@@ -45,7 +45,7 @@ def reusable(image: str) -> bool:
     return "://" not in image and inputs.job_of(image) is None
 
 
-def identity(path: Path) -> list[int] | None:
+def identity(path: Path | str) -> list[int] | None:
     """What tells a file has not changed: size, modification and change times, inode; None if it is gone."""
     try:
         st = os.stat(path)
@@ -69,27 +69,37 @@ def recall(redis: Redis, client: str, ids: list[str]) -> list[dict | None]:
     return [json.loads(value) if value else None for value in redis.hmget(_keys(client)[0], ids)]
 
 
-def still_valid(record: dict, source: Path, root: Path) -> bool:
-    """Whether a remembered result still holds for the source as it is now (see the module's docstring)."""
-    now = identity(source)
+def still_valid(record: dict, root: Path, image: str) -> bool:
+    """Whether a remembered result still holds for the image as it is now (see the module's docstring).
+
+    The cheap check stats root/image as the path reads, without resolving its links one by one (a
+    quarter of a re-run's time went there): a record exists only for a file the processor resolved
+    inside the root, and one that passes must be that very file (its inode, size and times), wherever a
+    link now leads. Only the content check, which reads the file, resolves the path first."""
+    now = identity(os.path.join(root, image))
     if now is None:
         return False
     if now != record["source"]:
-        if now[0] != record["source"][0] or digest(source) != record["digest"]:
+        source = _source(root, image)
+        if source is None or now[0] != record["source"][0] or digest(source) != record["digest"]:
             return False
         record["source"] = now  # the same content: remembered with its new times
+        record["changed"] = True
     made = record["result"].get("path") if isinstance(record["result"], dict) else None
-    return made is None or identity(root / made) == record.get("made")
+    return made is None or identity(os.path.join(root, made)) == record.get("made")
 
 
-def remember(redis: Redis, client: str, most: int, records: dict[str, dict]) -> None:
-    """Remember records (entry id -> record), mark them used, and forget the least recently used beyond most."""
-    if not records:
+def remember(redis: Redis, client: str, most: int, used: dict[str, dict]) -> None:
+    """Mark records (entry id -> record) used, write those new or changed, and forget the least recently
+    used beyond most. A record reused as it was is not written again: a re-run only touches its LRU."""
+    if not used:
         return
     table, lru = _keys(client)
+    written = {entry: record for entry, record in used.items() if record.pop("changed", True)}
     with redis.pipeline() as pipe:
-        pipe.hset(table, mapping={entry: json.dumps(record) for entry, record in records.items()})
-        pipe.zadd(lru, dict.fromkeys(records, time.time()))
+        if written:
+            pipe.hset(table, mapping={entry: json.dumps(record) for entry, record in written.items()})
+        pipe.zadd(lru, dict.fromkeys(used, time.time()))
         pipe.zcard(lru)
         *_, count = pipe.execute()
     if count > most:
@@ -128,9 +138,9 @@ def entries(action, work):
     ready, kept = {}, {}
     if not work.params.get("force"):
         for (index, entry), record in zip(ids.items(), recall(work.redis, work.client, list(ids.values()))):
-            source = _source(root, work.images[index])
-            if record is not None and source is not None and still_valid(record, source, root):
+            if record is not None and still_valid(record, root, work.images[index]):
                 ready[index] = {"image": work.images[index], "result": record["result"], "reused": True}
+                record.setdefault("changed", False)  # True when only its times changed (still_valid)
                 kept[entry] = record
     todo = [image for index, image in enumerate(work.images) if index not in ready]
     fresh = action.process(replace(work, images=todo))
