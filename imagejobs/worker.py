@@ -67,11 +67,30 @@ class ImageWorker(SimpleWorker):
             return
         if pipeline is None:
             with self.connection.pipeline() as own:
+                self._check_registration(own)
                 super().heartbeat(timeout, own)
-                own.execute()
+                in_set, born, *_ = own.execute()
+            if not (in_set and born):
+                self._register_again()
         else:
             super().heartbeat(timeout, pipeline)
         self._full_beat_at = time.monotonic() if full else None
+
+    def _check_registration(self, pipeline) -> None:
+        """Add to the pipeline, first, the two looks that tell the worker is still registered: in the
+        worker set, and its key whole (job starts and beats write to the key, so a lost one comes back
+        bare, without its birth)."""
+        pipeline.sismember(self.redis_workers_keys, self.key)
+        pipeline.hexists(self.key, "birth")
+
+    def _register_again(self) -> None:
+        """The worker's key had expired (Redis was out of reach longer than WORKER_TTL + 60 s, or a failover
+        lost it): RQ's maintenance then drops the worker from the worker sets, and it would work on unseen
+        by Worker.all, /health and `worker.py --check`. The beat or the job's end just wrote a bare key;
+        register in full. Checked in round trips the worker makes anyway (a job's end, an idle beat)."""
+        self.connection.delete(self.key)
+        self.register_birth()
+        logging.getLogger(__name__).warning("worker %s registered again: its key had expired", self.name)
 
     def set_state(self, state, pipeline=None):
         """RQ's set_state, but an unchanged state is not written again (it was, once per job)."""
@@ -96,6 +115,7 @@ class ImageWorker(SimpleWorker):
         dependents and reads them (two round trips; no job of this service has dependents), and after it
         the worker writes its idle state and renews its key (two more): all of it goes in this pipeline."""
         with self.connection.pipeline() as pipeline:
+            self._check_registration(pipeline)
             self.increment_successful_job_count(pipeline=pipeline)
             self.increment_total_working_time(job.ended_at - job.started_at, pipeline)
             result_ttl = job.get_result_ttl(self.default_result_ttl)
@@ -113,7 +133,9 @@ class ImageWorker(SimpleWorker):
             self.set_state(WorkerStatus.IDLE, pipeline=pipeline)
             self.heartbeat(pipeline=pipeline)
             callbacks.schedule(pipeline, job, config.settings)  # the job's callback, if it has one, is due
-            pipeline.execute()
+            in_set, born, *_ = pipeline.execute()
+        if not (in_set and born):
+            self._register_again()
 
     def run_maintenance_tasks(self):
         """RQ's maintenance (abandoned jobs, registries), then the sweep of inputs past INPUT_TTL; one worker

@@ -330,3 +330,30 @@ def test_a_job_over_its_time_limit_fails_with_the_limit_named(tmp_path, redis_se
     assert failed["status"] == "failed" and "limit of 1 seconds (JOB_TIMEOUT)" in failed["error"]
     quick = requests.get(url + "imageapi", params={"imagePath": "a.jpg"}, timeout=10).json()["jobId"]
     assert result(url, quick, within=30)["status"] == "finished"  # the worker lives on
+
+
+def test_a_worker_whose_key_expired_registers_again(tmp_path, redis_server, stop_afterwards):
+    """A worker cut off from Redis longer than its key's life comes back to a Redis that forgot it: RQ's
+    maintenance drops a worker without a key from the worker sets. Tried: the key deleted and the worker
+    taken out of the sets (what expiry and that maintenance do), then one job. Came back: the worker
+    registered in full at the job's end, seen by Worker.all again, and the warning in its log."""
+    from redis import Redis
+    from rq import Worker
+
+    service, url = start_service(tmp_path, redis_server, "--workers", "1")
+    stop_afterwards(service)
+    redis = Redis.from_url(redis_server.url)
+    wait_until(lambda: Worker.all(connection=redis), 20, "the worker did not register")
+    (worker,) = Worker.all(connection=redis)
+    redis.delete(worker.key)
+    redis.srem("rq:workers", worker.key)
+    redis.srem("rq:workers:images", worker.key)
+    assert Worker.all(connection=redis) == []
+    folder = photo_folder(service.images, "again", 1)
+    job_id = requests.post(url + "imageapi", data={"imagePath": folder, "action": "size"}, timeout=10).json()["jobId"]
+    assert result(url, job_id, within=30)["status"] == "finished"
+    wait_until(lambda: [w.name for w in Worker.all(connection=redis)] == [worker.name], 10, "not registered again")
+    assert redis.hget(worker.key, "birth") is not None  # a full registration, not the bare key a beat leaves
+    assert "registered again: its key had expired" in "".join(
+        path.read_text() for path in (tmp_path / "logs").glob("worker-*.log")
+    )

@@ -307,6 +307,9 @@ def test_the_dashboard_shows_json_jobs_to_named_clients_only(configured, folder,
     # The job's page (JSON). Before: 500 (rq-dashboard unpickled JSON jobs). Now: its data.
     answer = client.get(f"/rq/0/data/job/{body['jobId']}.json", headers=ops)
     assert answer.status_code == 200 and answer.get_json()["id"] == body["jobId"]
+    # It reads through the API's own Redis client (one that follows a Sentinel failover); there is one
+    # Redis, instance 0. Tried instance 1: 404 (rq-dashboard itself raised a LookupError: 500).
+    assert client.get(f"/rq/1/data/job/{body['jobId']}.json", headers=ops).status_code == 404
     # Signing in with the form sets a cookie for /rq only, HttpOnly and SameSite=Strict.
     signed = client.post("/rq/sign-in", data={"token": "ops-token"})
     assert signed.status_code == 303

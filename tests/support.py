@@ -51,6 +51,19 @@ def stop_processes(processes, timeout: float = 10) -> None:
             process.wait()
 
 
+def start_redis_server(folder: Path, lines: list[str], *args: str) -> subprocess.Popen:
+    """redis-server (or, with --sentinel, a sentinel) configured by `lines`, written to folder/redis.conf: a
+    password there stays off every command line, and a sentinel can rewrite its file. Its log is
+    folder/redis.log, its data folder is folder."""
+    from imagejobs.embedded_redis import server_binary
+
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "redis.conf"
+    config.touch(mode=0o600)  # it holds the password
+    config.write_text("\n".join([*lines, f"dir {folder}", f"logfile {folder / 'redis.log'}", ""]))
+    return subprocess.Popen([server_binary(), str(config), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def wait_for_workers(count: int, timeout: float = 20) -> None:
     from rq import Worker
 

@@ -48,10 +48,11 @@ def create_app(settings: config.Settings | None = None) -> Flask:
     app.config["MAX_FORM_PARTS"] = settings.max_upload_files + FORM_FIELDS  # past it, our sentence names the limit
     app.json.sort_keys = False
     # Each connection the server holds may hold a Redis connection (a wait=S, for S seconds).
-    app.extensions["imagejobs"] = Service(settings, connect(settings, max_connections=settings.api_connections + 10))
+    redis = connect(settings, max_connections=settings.api_connections + 10)
+    app.extensions["imagejobs"] = Service(settings, redis)
     for module in (submit, results, browse, callbacks, operators, docs):
         app.register_blueprint(module.blueprint)
     errors.register(app)
     hooks.register(app)
-    app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {dashboard.PREFIX: dashboard.create_dashboard(settings)})
+    app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {dashboard.PREFIX: dashboard.create_dashboard(settings, redis)})
     return app

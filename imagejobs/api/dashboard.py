@@ -18,13 +18,13 @@ import html
 from urllib.parse import urlsplit
 
 import rq_dashboard
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, abort, current_app, jsonify, request
+from redis import Redis
 from rq.serializers import JSONSerializer
 from rq_dashboard import web
 
 from imagejobs.api import hooks
 from imagejobs.config import Settings
-from RedisConfig import redis_url
 
 PREFIX = "/rq"
 COOKIE = "imagejobs_dashboard"
@@ -36,15 +36,31 @@ SIGN_IN = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>R
 autocomplete="off"></label> <button type="submit">Sign in</button></form></body></html>"""
 
 
-def create_dashboard(settings: Settings) -> Flask:
+def create_dashboard(settings: Settings, redis: Redis) -> Flask:
+    """rq-dashboard on the API's own Redis client.
+
+    rq-dashboard makes a client from its URL at start and, before each request of its pages, a new one
+    (push_rq_connection: a new connection pool a request); either stays on the Redis named then, so
+    after a Sentinel failover it would show the old master. Its hook is replaced by one that hands it
+    the API's client, which follows the master (RedisConfig.connect) and reuses its connections."""
     app = Flask("rq_dashboard_in_imagejobs")
-    app.config["RQ_DASHBOARD_REDIS_URL"] = redis_url(settings)
+    app.config["RQ_DASHBOARD_REDIS_URL"] = "redis://unused"  # setup_rq_connection needs one; never connected
     web.config.serializer = JSONSerializer  # the service's jobs are JSON, never pickle
     web.setup_rq_connection(app)
+    app.redis_conn = redis
     app.register_blueprint(rq_dashboard.blueprint)
+    hooks_of_dashboard = app.before_request_funcs[rq_dashboard.blueprint.name]
+    hooks_of_dashboard[hooks_of_dashboard.index(web.push_rq_connection)] = lambda: use_only_instance(redis)
     app.before_request(lambda: guard(settings))
     app.add_url_rule("/sign-in", "sign_in", lambda: sign_in(settings), methods=["POST"])
     return app
+
+
+def use_only_instance(redis: Redis) -> None:
+    """rq-dashboard's pages name an instance (the index of a Redis in its list): this one has only 0."""
+    if request.view_args and request.view_args.get("instance_number") not in (None, 0):
+        abort(404)
+    current_app.redis_conn = redis
 
 
 def guard(settings: Settings):
