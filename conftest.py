@@ -37,7 +37,7 @@ def pytest_configure(config):
 
     base = Path(tempfile.mkdtemp(prefix="imageapi-tests-"))
     password, port = secrets.token_urlsafe(16), embedded_redis.free_port()
-    process = embedded_redis.start(base / "redis", port, password, appendonly=False)
+    process = embedded_redis.start(base / "redis", port, password, appendonly=False, die_with_parent=True)
     url = embedded_redis.url(port, password)
     embedded_redis.wait_until_up(url, process)
     (base / "images").mkdir()

