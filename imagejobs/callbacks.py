@@ -44,6 +44,8 @@ SECRET_KEY = "imagejob:callback-secret"
 HEADER = "X-Imagejobs-Signature"
 LEASE = 60  # seconds a courier holds a delivery it took; past it (the courier died), another takes it
 FIRST_RETRY, MOST_RETRY = 1.0, 60.0  # seconds between attempts: doubling from the first, at most the most
+ENDED = ("finished", "failed", "canceled")  # the statuses a callback reports; before them, it waits
+ENDING_PAUSE = 0.1  # seconds: a job scheduled its callback but has not yet recorded its end
 
 
 def state_key(job_id: str) -> str:
@@ -135,10 +137,14 @@ class Courier(threading.Thread):
             self.redis.zrem(DUE, job_id)
             return
         try:
-            body = json.dumps(self.answer(job_id), separators=(",", ":")).encode()
+            answer = self.answer(job_id)
         except LookupError:  # the job itself expired: nothing left to say
             self.settle(job_id, stored, "failed", error="The job expired before its answer could be delivered.")
             return
+        if answer["status"] not in ENDED:  # RQ runs a failure callback before it records the failure
+            self.redis.zadd(DUE, {job_id: time.time() + ENDING_PAUSE})
+            return
+        body = json.dumps(answer, separators=(",", ":")).encode()
         at = int(time.time())
         headers = {
             "Content-Type": "application/json",

@@ -143,7 +143,7 @@ def entries(action, work):
                 record.setdefault("changed", False)  # True when only its times changed (still_valid)
                 kept[entry] = record
     todo = [image for index, image in enumerate(work.images) if index not in ready]
-    fresh = action.process(replace(work, images=todo))
+    fresh = iter(action.process(replace(work, images=todo)))  # a processor returns any iterable
     try:
         for index, image in enumerate(work.images):
             if index in ready:

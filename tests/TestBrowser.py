@@ -404,7 +404,7 @@ def test_a_375_px_wide_screen_has_no_horizontal_scroll(browser, service, many_fo
         job.locator("nav.pager").first.scroll_into_view_if_needed()
         page.screenshot(path=str(ARTIFACTS / "narrow-375-grid.png"))
         # a running batch: its bar, count, rate and Cancel
-        job = submit_folder(page, slow_folder, width="400", height="400")
+        job = submit_folder(page, slow_folder, width="300", height="300")  # sizes of its own: nothing reused
         expect(job.locator(".progress-rate")).to_contain_text("images/s", timeout=JOB_TIMEOUT)
         fits()
         job.scroll_into_view_if_needed()
@@ -516,7 +516,7 @@ def test_a_500_image_batch_shows_its_bar_move_with_rate_and_time_left(page, serv
 
 
 def test_cancel_stops_a_running_batch_and_keeps_what_it_made(page, service, slow_folder):
-    job = submit_folder(page, slow_folder, width="400", height="400")
+    job = submit_folder(page, slow_folder, width="350", height="350")  # sizes of its own: nothing reused
     job_id = job.get_attribute("data-job-id")
     title = job.locator(".job-title").inner_text()
     cancel = page.get_by_role("button", name=f"Cancel “{title}”")

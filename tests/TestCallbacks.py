@@ -134,7 +134,7 @@ def test_the_url_is_checked_again_at_every_attempt(redis_url, workers):
     redis = Redis.from_url(redis_url)
     strict = Settings(**{**settings.model_dump(), "allowed_url_networks": "", "callback_retry_seconds": 0})
     redis.hset(callbacks.state_key("check-again"), mapping={"url": "http://127.0.0.1:9/hook", "status": "pending"})
-    courier = callbacks.Courier(redis, strict, lambda job_id: {"jobId": job_id})
+    courier = callbacks.Courier(redis, strict, lambda job_id: {"jobId": job_id, "status": "finished"})
     courier.attempt("check-again")
     stored = redis.hgetall(callbacks.state_key("check-again"))
     assert stored[b"status"] == b"failed" and b"loopback" in stored[b"lastError"]
@@ -151,3 +151,29 @@ def test_a_slow_receiver_holds_up_no_job(client, folder, images_root, receiver):
     assert receiver.posts == []  # still held
     receiver.hold.set()
     receiver.received(1)
+
+
+def test_a_callback_scheduled_before_its_job_recorded_its_end_waits_for_the_end(
+    client, redis_url, folder, images_root, receiver
+):
+    """RQ runs a failure callback (which schedules the delivery) before it records the failure, so the
+    workers' couriers can find a due delivery whose job has not ended. Tried: a delivery scheduled for a
+    job still queued (a classify job: the suite has no classify worker), then the job canceled. Came back:
+    nothing sent while it waited, then one callback that says "canceled"."""
+    from redis import Redis
+
+    from imagejobs import jobs
+    from imagejobs.config import settings
+
+    copy_sample("castle_image.jpg", folder / "a.jpg")
+    classify = {"imagePath": rel(folder / "a.jpg", images_root), "action": "classify", "callbackUrl": receiver.url}
+    queued = submit(client, "POST", data=classify)
+    redis = Redis.from_url(redis_url)
+    with redis.pipeline() as pipe:
+        callbacks.schedule(pipe, jobs.fetch(redis, queued["jobId"], settings.result_ttl), settings)
+        pipe.execute()
+    time.sleep(1)
+    assert receiver.posts == [] and redis.hget(callbacks.state_key(queued["jobId"]), "url") == receiver.url.encode()
+    assert client.delete(f"/result/{queued['jobId']}").status_code == 200
+    ((_, sent),) = receiver.received(1)
+    assert json.loads(sent)["status"] == "canceled"
