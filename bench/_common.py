@@ -523,3 +523,36 @@ def chunk_times(logs_dir, batch_id: str, service: str = "worker") -> list[float]
     for path in Path(logs_dir).glob(f"{service}-*.log"):
         found += [float(m.group(1)) / 1000 for m in pattern.finditer(path.read_text(errors="replace"))]
     return found
+
+
+def tree_cpu(*pids: int) -> tuple[float, float | None]:
+    """(CPU seconds, seconds waiting for a CPU) so far of the processes `pids` and all their live descendants,
+    each counted once. The CPU is user + system of each (every thread), plus psutil's children_user and
+    children_system: what their descendants that have ended (and were reaped) used, so a process that exits in
+    between still counts. The waiting time is Linux's run-queue delay of the live threads (a lower bound; None
+    where /proc does not tell). A difference of two calls is the CPU the tree spent in between."""
+    found: dict[int, psutil.Process] = {}
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            for proc in [root] + root.children(recursive=True):
+                found.setdefault(proc.pid, proc)
+        except psutil.Error:  # it has gone
+            continue
+    cpu, waiting = 0.0, 0.0
+    for proc in found.values():
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:
+            continue
+        cpu += times.user + times.system + getattr(times, "children_user", 0.0) + getattr(times, "children_system", 0.0)
+        stat = _schedstat(proc.pid)
+        waiting = None if stat is None or waiting is None else waiting + stat[1]
+    return cpu, waiting
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy seconds, idle seconds) of every core so far, as cpu_usage's "machine"."""
+    machine = psutil.cpu_times()
+    idle = machine.idle + getattr(machine, "iowait", 0)
+    return sum(machine) - idle, idle

@@ -180,8 +180,56 @@ def stress(f):
     ]
 
 
+def peers(f):
+    kinds = (("batch", "service, folder batch"), ("single", f"service, single + wait, {f['clients']} clients"))
+    return [
+        panel(
+            f"peers: images/s, best of {f['rounds']} ({f['images']} x {f['image_size']} -> 100 px)",
+            "images/s",
+            [(label, f[f"{kind}_best_images_per_s"], f["thumbor_best_images_per_s"]) for kind, label in kinds]
+            + [("floor (Pillow, one process a core)", f["floor_best_images_per_s"], None)],
+            "value",
+            f"thumbor {f['thumbor_version']}",
+        ),
+        panel(
+            "peers: CPU per image, median round (lower is better)",
+            "ms",
+            [
+                (label, f[f"{kind}_median_cpu_ms_per_image"], f["thumbor_median_cpu_ms_per_image"])
+                for kind, label in kinds
+            ]
+            + [("floor", f["floor_median_cpu_ms_per_image"], None)],
+            "value",
+            f"thumbor {f['thumbor_version']}",
+        ),
+    ]
+
+
+def reuse(f):
+    return [
+        panel(
+            f"reuse: a folder of {f['images']} submitted again",
+            "s",
+            [
+                ("unchanged re-run vs first run", f["again_s"], f["first_s"]),
+                (
+                    f"{f['new_images']} new vs share of first + re-run",
+                    f["new_s"],
+                    f["new_images"] / f["images"] * f["first_s"] + f["again_s"],
+                ),
+            ],
+            "value",
+            "baseline",
+            note=f"first / re-run = {f['first_over_again']:.1f}, target >= {f['target_first_over_again']}: "
+            f"{met(f['target_met'])}",
+        )
+    ]
+
+
 PANELS = {
     "thumbnails": thumbnails,
+    "peers": peers,
+    "reuse": reuse,
     "job_overhead": job_overhead,
     "classify": classify,
     "memory": memory,
