@@ -5,7 +5,8 @@
 The corpus folder (--batch images, JPEGs and its few PNGs; made like `python bench/corpus.py --count 500`
 if missing) goes into a temporary images root as hard links (or copies). The service is
 `python run.py --port <free> --workers <--workers>` with the classify worker (idle here), in a
-temporary working folder. The folder is POSTed (width=100) and awaited (GET /result/<id>?wait=30)
+temporary working folder. The folder is POSTed (width=100, force=true: every batch does the work, none is
+reused from the one before) and awaited (GET /result/<id>?wait=30)
 batch after batch, one at a time, until --images images are done (20 batches of 500 by default);
 each batch must finish with failed = 0. A thread samples the RSS of every process of the service
 (psutil) every --interval seconds. It reports, per process (the API as gunicorn master + workers,
@@ -88,7 +89,7 @@ def main(argv=None) -> int:
                             raise TimeoutError(f"only {done} of {args.images} images were done within {DEADLINE_S} s")
                         started = time.perf_counter()
                         status, body = post_form(
-                            client, "/imageapi", {"imagePath": "corpus", "width": 100, "height": 100}
+                            client, "/imageapi", {"imagePath": "corpus", "width": 100, "height": 100, "force": "true"}
                         )
                         if status != 202:
                             raise RuntimeError(f"POST answered {status}: {body}")

@@ -3,7 +3,7 @@ parameters reuses each image's earlier result while the image has not changed si
 
 An image is unchanged when its size, modification and change times and inode are those recorded; when
 only its times differ (touched, copied back, restored from a backup) and its size is the same, a content
-hash (BLAKE2b, recorded with the result) decides. A result that names a file (a thumbnail) is reused only
+hash (SHA-256, recorded with the result) decides. A result that names a file (a thumbnail) is reused only
 while that file is still the one made then (its size and modification time). A classification is
 reused only for the same model (the action's reuse key says which). `force=true` redoes everything.
 Inputs the service made for a job (uploads, downloads) are never reused: they are new each time.
