@@ -23,6 +23,7 @@ if not CHROMIUM.exists():
 
 from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
 
+from imagejobs.batch import FLUSH_EVERY  # noqa: E402
 from imagejobs.embedded_redis import free_port  # noqa: E402
 from tests.support import ROOT, TESTDATA, RunningService, copy_sample  # noqa: E402
 
@@ -459,6 +460,20 @@ READ_ROW = """job => ({
 })"""
 
 
+def settled(service: str, job_id: str, within: float = 10) -> dict:
+    """A canceled batch's answer once its progress has held still for four of its workers' write intervals."""
+    still = 4 * FLUSH_EVERY
+    deadline = time.monotonic() + within
+    _, answer = api_json(f"{service}result/{job_id}")
+    while time.monotonic() < deadline:
+        time.sleep(still)
+        _, again = api_json(f"{service}result/{job_id}")
+        if again["progress"] == answer["progress"]:
+            return again
+        answer = again
+    raise AssertionError(f"the progress of {job_id} was still moving after {within} s: {answer['progress']}")
+
+
 def submit_folder(page: Page, folder: str, action: str = "resize", **options: str):
     choose(page, "source", "path")
     page.fill("#image-path", folder)
@@ -533,15 +548,14 @@ def test_cancel_stops_a_running_batch_and_keeps_what_it_made(page, service, slow
     expect(cancel).to_be_hidden()
     expect(job.locator(".job-title")).to_be_focused()  # the button went: the focus stays on its job
     expect(page.locator("#announcer")).to_contain_text(f"{title}: canceled.")
-    # the API agrees, and the page settles at its count (a chunk writes the images it had in hand), then stops
+    # the API agrees. Each chunk still writes what it had done by the cancel (it writes every FLUSH_EVERY
+    # seconds), so the count may rise once more: wait until it holds still, then the page shows that count
     status, answer = api_json(f"{service}result/{job_id}")
     assert status == 200 and answer["status"] == "canceled", answer
+    answer = settled(service, job_id)
+    handled = answer["progress"]["done"] + answer["progress"]["failed"]
     deadline = time.monotonic() + 10
-    while True:
-        status, answer = api_json(f"{service}result/{job_id}")
-        handled = answer["progress"]["done"] + answer["progress"]["failed"]
-        if job.evaluate(READ_ROW)["value"] == handled or time.monotonic() > deadline:
-            break
+    while job.evaluate(READ_ROW)["value"] != handled and time.monotonic() < deadline:
         page.wait_for_timeout(250)
     assert job.evaluate(READ_ROW)["value"] == handled < SLOW_IMAGES, (handled, answer["progress"])
     page.wait_for_timeout(1500)
