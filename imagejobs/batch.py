@@ -19,6 +19,7 @@ Keys, all expiring with the batch:
   imagejob:batch:<id>:chunks   set of chunk numbers that have ended
 """
 
+import contextlib
 import json
 import logging
 import math
@@ -27,6 +28,7 @@ from datetime import UTC, datetime
 
 from redis import Redis
 from rq import Queue, Worker, get_current_job
+from rq.exceptions import InvalidJobOperation
 from rq.job import Job, JobStatus
 
 from imagejobs import jobs, metrics, reuse, tasks
@@ -225,7 +227,8 @@ def cancel(redis: Redis, batch_id: str, result_ttl: int) -> None:
     chunks = int(redis.hget(_key(batch_id), "chunks") or 0)
     for chunk in Job.fetch_many([f"{batch_id}-{number}" for number in range(chunks)], redis, SERIALIZER):
         if chunk is not None and chunk.get_status(refresh=False) == JobStatus.QUEUED:
-            chunk.cancel()
+            with contextlib.suppress(InvalidJobOperation):  # a worker took it meanwhile: it stops at its write
+                chunk.cancel()
 
 
 def made(redis: Redis, batch_id: str) -> list[dict]:

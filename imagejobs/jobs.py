@@ -5,14 +5,16 @@ The job a user sees is a *single* job (one image, or a plot over several: tasks.
 (a folder, several uploads or URLs: batch.py, with its *chunk* jobs, which the user never sees).
 """
 
+import contextlib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from redis import Redis
+from redis.exceptions import WatchError
 from rq import Callback, Queue, Retry
-from rq.exceptions import NoSuchJobError
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 
 from imagejobs.config import Settings
@@ -137,21 +139,36 @@ def ended(job: Job) -> bool:
 def cancel(redis: Redis, job: Job, result_ttl: int) -> None:
     """Cancel a job that has not ended: mark it (the mark wakes its waiters), take it off its queue if it
     waits there, and let it expire RESULT_TTL from now unless its end sets that. A batch's chunks are
-    batch.py's to stop. JobEnded if it had ended already."""
-    if ended(job):
-        status = "canceled" if canceled_at(job) else job.get_status(refresh=False).value
-        raise JobEnded(f"Job {job.id} has already ended ({status}); there is nothing to cancel.")
-    job.canceled_at = datetime.now(UTC).isoformat().replace("+00:00", "Z")
-    queued = job.get_status(refresh=False) == JobStatus.QUEUED
+    batch.py's to stop. JobEnded if it had ended already.
+
+    The check and the mark are one transaction WATCHing the job's hash, so a job that ends meanwhile is
+    not shown canceled, and of two cancels at once the second is told the job has ended."""
     with redis.pipeline() as pipe:
-        pipe.hset(job.key, CANCELED_AT, job.canceled_at)
-        pipe.xadd(events_key(job.id), {"canceled": job.canceled_at}, maxlen=EVENTS_MAXLEN)
-        pipe.expire(events_key(job.id), result_ttl)
-        if job.get_status(refresh=False) != JobStatus.STARTED:  # a running job's end sets its own expiry
-            pipe.expire(job.key, result_ttl)
-        pipe.execute()
-    if queued:
-        job.cancel()  # RQ takes it off its queue: it never runs
+        while True:
+            try:
+                pipe.watch(job.key)
+                status, canceled = pipe.hmget(job.key, "status", CANCELED_AT)
+                if status is None:
+                    raise gone(job.id, result_ttl)
+                status = JobStatus(status.decode())
+                if canceled is not None or status in TERMINAL:
+                    shown = "canceled" if canceled is not None else status.value
+                    raise JobEnded(f"Job {job.id} has already ended ({shown}); there is nothing to cancel.")
+                canceled_at = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+                pipe.multi()
+                pipe.hset(job.key, CANCELED_AT, canceled_at)
+                pipe.xadd(events_key(job.id), {"canceled": canceled_at}, maxlen=EVENTS_MAXLEN)
+                pipe.expire(events_key(job.id), result_ttl)
+                if status != JobStatus.STARTED:  # a running job's end sets its own expiry
+                    pipe.expire(job.key, result_ttl)
+                pipe.execute()
+                break
+            except WatchError:  # the job changed (a beat, its end, another cancel): read it again
+                continue
+    job.canceled_at = canceled_at
+    if status == JobStatus.QUEUED:
+        with contextlib.suppress(InvalidJobOperation):  # already off its queue: its answer says canceled
+            job.cancel()  # RQ takes it off its queue: it never runs
 
 
 def gone(job_id: str, result_ttl: int) -> JobNotFound:

@@ -2,7 +2,9 @@
 thumbnails by path, and the browsable docs, through the API with real workers and Redis."""
 
 import re
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -94,6 +96,34 @@ def test_a_running_batch_canceled_starts_no_new_image_and_keeps_what_is_done(cli
     names = [entry["image"] for entry in entries]
     assert names == sorted(names)  # in the order of their images
     assert client.delete(f"/result/{job_id}").status_code == 409
+
+
+def test_cancels_at_once_are_one_200_and_409s(app, workers, folder, images_root):
+    """Tried: 8 DELETEs of one running batch at the same moment, and 8 of one queued job (a classify job: the
+    suite has no classify worker). Came back: exactly one 200 each, the others 409 with a sentence, no 500
+    (the second cancel of a chunk used to raise in RQ)."""
+    client = app.test_client()
+    batch_id = slow_batch(client, folder, images_root, 12)
+    assert handled(client.get(f"/result/{batch_id}?wait=20&seen=0").get_json()) >= 1
+    copy_sample("castle_image.jpg", folder / "c.jpg")
+    queued_id = submit(client, "POST", data={"imagePath": rel(folder / "c.jpg", images_root), "action": "classify"})[
+        "jobId"
+    ]
+    for job_id in (batch_id, queued_id):
+        start = threading.Barrier(8)
+
+        def cancel(_, job_id=job_id, start=start):
+            own = app.test_client()
+            start.wait(10)
+            answer = own.delete(f"/result/{job_id}")
+            return answer.status_code, answer.get_json()
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(cancel, range(8)))
+        codes = sorted(code for code, _ in answers)
+        assert codes == [200] + [409] * 7, answers
+        assert all("already ended (canceled)" in body["error"] for code, body in answers if code == 409), answers
+        assert client.get(f"/result/{job_id}").get_json()["status"] == "canceled"
 
 
 def test_an_ended_or_unknown_job_cannot_be_canceled(client, folder, images_root):
