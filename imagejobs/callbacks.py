@@ -11,13 +11,18 @@ would give) once the job has finished, failed or been canceled.
   survives a restart; a receiver that is down or answers an error is tried again with back-off (1 s,
   doubling, at most a minute apart) for CALLBACK_RETRY_SECONDS, then the delivery is given up.
 - Out of the way: each worker process delivers from a thread of its own (Courier), woken by Redis when a
-  delivery comes due; a slow or failing receiver holds that thread only, never a job or a worker.
+  delivery is scheduled or comes due; a slow or failing receiver holds that thread only, never a job or a
+  worker.
+- Once: a job schedules its delivery once, however many times it is told it ended (a cancel, then the end
+  of the image it was making); a courier takes a delivery and its lease in one step (a Lua script), and
+  one already delivered or given up is never sent again.
 
 The outcome is on the job: GET /result/ID shows "callback": {"url", "status": pending, delivered or failed,
 "attempts", "lastStatus", "lastError", "deliveredAt"}.
 
 Keys:
   imagejob:callbacks          sorted set: job id -> when its delivery is due (or when a lease runs out)
+  imagejob:callbacks-wake     list: a token per delivery scheduled, which a waiting courier pops to wake
   imagejob:callback:<jobId>   hash: url, client, status, attempts, firstAt, lastStatus, lastError, deliveredAt
   imagejob:callback-secret    the service's secret, when CALLBACK_SECRET is not set (made once, kept)
 """
@@ -40,6 +45,9 @@ from imagejobs.config import Settings
 log = logging.getLogger(__name__)
 
 DUE = "imagejob:callbacks"
+WAKE = "imagejob:callbacks-wake"
+WAKE_MAXLEN = 64  # tokens kept: one wakes a courier, which then delivers everything due before it waits
+IDLE_WAIT = 5.0  # seconds a courier waits for a token when nothing is due
 SECRET_KEY = "imagejob:callback-secret"
 HEADER = "X-Imagejobs-Signature"
 LEASE = 60  # seconds a courier holds a delivery it took; past it (the courier died), another takes it
@@ -75,17 +83,49 @@ def check_url(url: str, settings: Settings) -> str:
     return downloads.check_destination(url, settings.url_networks)
 
 
+# Schedule a delivery unless the job has one already (its state hash exists): KEYS state, due, wake;
+# ARGV url, client, seconds to keep the state, due time, job id, tokens kept.
+_SCHEDULE = """
+if redis.call('HSETNX', KEYS[1], 'status', 'pending') == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'url', ARGV[1], 'client', ARGV[2], 'attempts', 0)
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
+redis.call('LPUSH', KEYS[3], ARGV[5])
+redis.call('LTRIM', KEYS[3], 0, ARGV[6] - 1)
+return 1
+"""
+# Take the delivery due first and lease it, in one step: KEYS due; ARGV now, lease end.
+# Returns {job id} when one was due, {false, when the next is due} when none is, {} when there is none.
+_TAKE = """
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if #first == 0 then return {} end
+if tonumber(first[2]) > tonumber(ARGV[1]) then return {false, first[2]} end
+redis.call('ZADD', KEYS[1], ARGV[2], first[1])
+return {first[1]}
+"""
+
+
 def schedule(pipeline, job: Job, settings: Settings) -> None:
-    """Add, in the caller's pipeline, the delivery of the job's answer, due now (a job without a callback:
-    nothing). Called as the job ends: finished, failed for good, or canceled."""
+    """Add, in the caller's pipeline, the delivery of the job's answer, due now, unless the job has one
+    already (a job without a callback: nothing). Called as the job ends: finished, failed for good, or
+    canceled (a canceled job that was running ends again when its image is done: still one delivery)."""
     url = job.meta.get("callbackUrl")
     if not url:
         return
     keep = settings.result_ttl + settings.callback_retry_seconds
-    pipeline.hset(state_key(job.id), mapping={"url": url, "client": job.meta.get("client", ""), "status": "pending"})
-    pipeline.hsetnx(state_key(job.id), "attempts", 0)
-    pipeline.expire(state_key(job.id), keep)
-    pipeline.zadd(DUE, {job.id: time.time()})
+    pipeline.eval(
+        _SCHEDULE,
+        3,
+        state_key(job.id),
+        DUE,
+        WAKE,
+        url,
+        job.meta.get("client", ""),
+        keep,
+        time.time(),
+        job.id,
+        WAKE_MAXLEN,
+    )
 
 
 def outcome(redis: Redis, job: Job) -> dict | None:
@@ -119,21 +159,18 @@ class Courier(threading.Thread):
                 time.sleep(1)
 
     def deliver_next(self) -> None:
-        taken = self.redis.bzpopmin(DUE, timeout=5)  # Redis wakes us when a delivery is added
-        if not taken:
+        """Deliver the delivery due first, if one is; else wait for a token (a delivery scheduled) or for
+        the next one to come due, whichever is sooner."""
+        taken = self.redis.eval(_TAKE, 1, DUE, time.time(), time.time() + LEASE)
+        if taken and taken[0]:
+            self.attempt(taken[0].decode())
             return
-        _, member, due = taken
-        job_id, wait = member.decode(), due - time.time()
-        if wait > 0:  # the earliest is not due yet: put it back, and look again when it is (or sooner)
-            self.redis.zadd(DUE, {job_id: due})
-            time.sleep(min(wait, 0.5))
-            return
-        self.redis.zadd(DUE, {job_id: time.time() + LEASE})  # held: should this process die, another retries
-        self.attempt(job_id)
+        wait = IDLE_WAIT if not taken else min(IDLE_WAIT, max(float(taken[1]) - time.time(), 0.01))
+        self.redis.blpop([WAKE], timeout=wait)
 
     def attempt(self, job_id: str) -> None:
         stored = {key.decode(): value.decode() for key, value in self.redis.hgetall(state_key(job_id)).items()}
-        if not stored.get("url"):  # expired, or never scheduled
+        if not stored.get("url") or stored.get("status") in ("delivered", "failed"):  # expired, or settled
             self.redis.zrem(DUE, job_id)
             return
         try:

@@ -177,3 +177,31 @@ def test_a_callback_scheduled_before_its_job_recorded_its_end_waits_for_the_end(
     assert client.delete(f"/result/{queued['jobId']}").status_code == 200
     ((_, sent),) = receiver.received(1)
     assert json.loads(sent)["status"] == "canceled"
+
+
+def test_a_job_told_twice_that_it_ended_calls_back_once(client, redis_url, folder, images_root, receiver):
+    """Tried: a finished job's delivery scheduled again (as a cancel, then the end of the image in hand, both
+    schedule it), and the delivered one put back in the due set (as a courier that took it while another
+    settled it would). Came back: one POST, attempts 1, nothing more."""
+    from redis import Redis
+
+    from imagejobs import jobs
+    from imagejobs.config import settings
+
+    copy_sample("castle_image.jpg", folder / "a.jpg")
+    body = submit(client, "POST", data={"imagePath": rel(folder / "a.jpg", images_root), "callbackUrl": receiver.url})
+    result_of(client, body["jobId"])
+    receiver.received(1)
+    redis = Redis.from_url(redis_url)
+    deadline = time.monotonic() + 10
+    while redis.hget(callbacks.state_key(body["jobId"]), "status") != b"delivered":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    with redis.pipeline() as pipe:
+        callbacks.schedule(pipe, jobs.fetch(redis, body["jobId"], settings.result_ttl), settings)
+        pipe.execute()
+    redis.zadd(callbacks.DUE, {body["jobId"]: time.time()})
+    redis.lpush(callbacks.WAKE, body["jobId"])  # wakes a courier at once
+    time.sleep(1.5)
+    assert len(receiver.posts) == 1 and redis.zscore(callbacks.DUE, body["jobId"]) is None
+    assert client.get(f"/result/{body['jobId']}").get_json()["callback"]["attempts"] == 1
