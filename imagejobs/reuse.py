@@ -18,14 +18,18 @@ An entry id is a hash of the action, its parameters, its reuse key and the image
 
 import hashlib
 import json
+import logging
 import os
 import time
 from dataclasses import replace
 from pathlib import Path
 
 from redis import Redis
+from redis.exceptions import RedisError
 
 from imagejobs import inputs, paths
+
+log = logging.getLogger(__name__)
 
 HASH_CHUNK = 1 << 20
 
@@ -110,15 +114,17 @@ def remember(redis: Redis, client: str, most: int, used: dict[str, dict]) -> Non
             redis.hdel(table, *evicted)
 
 
-def record_of(source: Path, result: dict, root: Path, source_identity: list[int] | None = None) -> dict | None:
-    """What to remember of a result just made (None if the source is gone meanwhile)."""
-    source_identity = source_identity or identity(source)
-    if source_identity is None:
+def record_of(source: Path, result: dict, root: Path, worked: list[int] | None) -> dict | None:
+    """What to remember of a result just made from source, whose identity was `worked` as the work began.
+    None when the source is gone, or was replaced while it was worked (the result may be of the old file,
+    and remembered with the new file's identity it would be reused for content it never saw)."""
+    content = digest(source) if worked is not None else None
+    if worked is None or identity(source) != worked:
         return None
     made = result.get("path") if isinstance(result, dict) else None
     return {
-        "source": source_identity,
-        "digest": digest(source),
+        "source": worked,
+        "digest": content,
         "result": result,
         "made": identity(root / made) if made else None,
     }
@@ -145,6 +151,7 @@ def entries(action, work):
                 record.setdefault("changed", False)  # True when only its times changed (still_valid)
                 kept[entry] = record
     todo = [image for index, image in enumerate(work.images) if index not in ready]
+    worked = {index: identity(os.path.join(root, work.images[index])) for index in ids if index not in ready}
     fresh = iter(action.process(replace(work, images=todo)))  # a processor returns any iterable
     try:
         for index, image in enumerate(work.images):
@@ -153,11 +160,14 @@ def entries(action, work):
                 continue
             entry = {**next(fresh), "reused": False}
             if "result" in entry and index in ids and (source := _source(root, image)) is not None:
-                if (record := record_of(source, entry["result"], root)) is not None:
+                if (record := record_of(source, entry["result"], root, worked[index])) is not None:
                     kept[ids[index]] = record
             yield entry
     finally:
-        remember(work.redis, work.client, settings.reuse_max_entries, kept)
+        try:
+            remember(work.redis, work.client, settings.reuse_max_entries, kept)
+        except RedisError as exc:  # remembering saves later work; failing to must not fail this job
+            log.warning("reuse: %d results not remembered (%s)", len(kept), exc)
 
 
 def _source(root: Path, image: str) -> Path | None:

@@ -108,3 +108,34 @@ def test_what_is_remembered_is_bounded_least_recently_used_first():
         reuse.remember(redis, client, 3, {f"entry-{number}": {"n": number}})
     assert sorted(redis.hkeys(reuse._keys(client)[0])) == [b"entry-2", b"entry-3", b"entry-4"]
     assert redis.zcard(reuse._keys(client)[1]) == 3
+
+
+def test_an_image_replaced_while_it_is_worked_is_not_remembered_with_the_old_result(folder, images_root):
+    """Tried: the size action on a 64x48 BMP that is replaced by a 200x100 one after the processor read it
+    and before its result is remembered. Came back: nothing remembered for it, so the next run measures
+    the new file (before: the new file's identity was remembered with the old size, and reused)."""
+    from dataclasses import replace
+
+    from imagejobs.actions import ACTIONS
+    from imagejobs.config import settings
+    from imagejobs.processors import Work
+
+    colour_bmp(folder / "a.bmp", "red")
+    image = rel(folder / "a.bmp", images_root)
+    size = ACTIONS["size"]
+
+    def replaced_meanwhile(work):
+        for entry in size.process(work):
+            PILImage.new("RGB", (200, 100), "blue").save(folder / "a.bmp", "BMP")
+            yield entry
+
+    def run_size(action):
+        work = Work(images=[image], params={}, named=image, job_id="replaced", settings=settings, redis=connection())
+        return list(reuse.entries(action, work))
+
+    (first,) = run_size(replace(size, process=replaced_meanwhile))
+    assert first["result"]["width"] == 64 and first["reused"] is False
+    (second,) = run_size(size)
+    assert second["reused"] is False and second["result"]["width"] == 200
+    (third,) = run_size(size)
+    assert third["reused"] is True and third["result"]["width"] == 200
