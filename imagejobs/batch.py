@@ -47,6 +47,7 @@ FLUSH_EVERY = 0.25
 # Fewer images than this per chunk and RQ's per-job cost (~10 ms) starts to weigh against ~10 ms per thumbnail.
 MIN_CHUNK = 4
 PARTS = ("", "entries", "failed", "chunks")
+EXPIRED, CANCELED = "has expired", "was canceled"  # why a chunk does not run (begin_chunk)
 
 
 def _key(batch_id: str, part: str = "") -> str:
@@ -116,7 +117,11 @@ def run_chunk(batch_id: str, action: str, chunk: int, offset: int, images: list[
     the chunk starts no new image once the batch is canceled."""
     work = tasks.current_work(images, params, batch_id)
     recorder = Recorder(work.redis, batch_id, action)
-    work.redis.hsetnx(_key(batch_id), "startedAt", _now())
+    if (why_not := begin_chunk(work.redis, batch_id)) is not None:
+        log.info("%s chunk %d of batch %s: not run, the batch %s", action, chunk, batch_id, why_not)
+        if why_not == CANCELED:
+            end_chunk(work.redis, batch_id, chunk)
+        return {"images": 0, "failed": 0}
     started = time.perf_counter()
     for index, entry in enumerate(reuse.entries(ACTIONS[action], work), start=offset):
         if recorder.add(index, entry):
@@ -135,6 +140,23 @@ def run_chunk(batch_id: str, action: str, chunk: int, offset: int, images: list[
     )
     end_chunk(work.redis, batch_id, chunk)
     return {"images": recorder.recorded, "failed": recorder.failed}
+
+
+def begin_chunk(redis: Redis, batch_id: str) -> str | None:
+    """Why a chunk should not run (EXPIRED or CANCELED), or None: it should, and the batch's start is noted
+    (once). A chunk retried after its batch's answer expired would work for nobody and recreate its record
+    without an expiry; a canceled batch's queued chunks are taken off their queue, but not one that was
+    running and is retried."""
+    with redis.pipeline() as pipe:
+        pipe.exists(_key(batch_id))
+        pipe.hexists(Job.key_for(batch_id), jobs.CANCELED_AT)
+        recorded, canceled = pipe.execute()
+    if not recorded:
+        return EXPIRED
+    if canceled:
+        return CANCELED
+    redis.hsetnx(_key(batch_id), "startedAt", _now())
+    return None
 
 
 class Recorder:
@@ -197,6 +219,8 @@ def end_chunk(redis: Redis, batch_id: str, chunk: int) -> None:
         pipe.hget(_key(batch_id), "chunks")
         _, _, ended, chunks = pipe.execute()
     if chunks is None or ended < int(chunks):
+        return
+    if not redis.hsetnx(_key(batch_id), "finishQueued", 1):  # another chunk's end (a re-run's) queued it
         return
     batch_job = Job.fetch(batch_id, connection=redis, serializer=SERIALIZER)
     if batch_job.get_status() == JobStatus.CREATED:

@@ -24,6 +24,7 @@ import logging
 import threading
 import time
 
+from redis.exceptions import RedisError
 from rq import SimpleWorker
 from rq.job import Job, _job_stack
 from rq.utils import now
@@ -87,9 +88,16 @@ class ImageWorker(SimpleWorker):
         """The worker's key had expired (Redis was out of reach longer than WORKER_TTL + 60 s, or a failover
         lost it): RQ's maintenance then drops the worker from the worker sets, and it would work on unseen
         by Worker.all, /health and `worker.py --check`. The beat or the job's end just wrote a bare key;
-        register in full. Checked in round trips the worker makes anyway (a job's end, an idle beat)."""
-        self.connection.delete(self.key)
-        self.register_birth()
+        register in full. Checked in round trips the worker makes anyway (a job's end, an idle beat).
+
+        A Redis error here is logged, not raised: called after a job's success was written, it must not turn
+        that job into a failure; the next beat looks again."""
+        try:
+            self.connection.delete(self.key)
+            self.register_birth()
+        except RedisError as exc:
+            logging.getLogger(__name__).warning("worker %s could not register again (%s)", self.name, exc)
+            return
         logging.getLogger(__name__).warning("worker %s registered again: its key had expired", self.name)
 
     def set_state(self, state, pipeline=None):

@@ -126,6 +126,23 @@ def test_cancels_at_once_are_one_200_and_409s(app, workers, folder, images_root)
         assert client.get(f"/result/{job_id}").get_json()["status"] == "canceled"
 
 
+def test_a_chunk_of_a_canceled_or_expired_batch_does_not_run(client, folder, images_root):
+    """Tried: the start of a chunk (as a retry of one abandoned by a dead worker would start) for a canceled
+    batch, and for a batch whose record expired. Came back: it does not run, and nothing is written for
+    the expired one (it used to process every image and recreate the batch's record without an expiry)."""
+    from imagejobs import batch
+    from RedisConfig import connection
+
+    for index in range(2):
+        copy_sample("castle_image.jpg", folder / f"p{index}.jpg")
+    body = submit(client, "POST", data={"imagePath": rel(folder, images_root), "action": "classify"})  # stays queued
+    assert client.delete(f"/result/{body['jobId']}").status_code == 200
+    redis = connection()
+    assert batch.begin_chunk(redis, body["jobId"]) == batch.CANCELED
+    assert batch.begin_chunk(redis, "expired-batch") == batch.EXPIRED
+    assert redis.keys("imagejob:batch:expired-batch*") == []
+
+
 def test_an_ended_or_unknown_job_cannot_be_canceled(client, folder, images_root):
     copy_sample("castle_image.jpg", folder / "a.jpg")
     job_id = submit(client, "GET", query_string={"imagePath": rel(folder / "a.jpg", images_root)})["jobId"]
