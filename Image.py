@@ -88,7 +88,9 @@ def make_thumbnail(
     """Write a thumbnail of src to dest atomically; return {"width", "height", "format"} of what was written.
 
     dest is a path, or a function of the output's extension (".jpg", ".png" or ".webp") that returns one:
-    then the source is opened once, not once to learn its format and again to resize it.
+    then the source is opened once, not once to learn its format and again to resize it. Either may
+    instead be a (folder descriptor, file name) pair: the file is then written in that open folder,
+    wherever a link on its path may lead by then.
     fit: "contain" keeps the aspect ratio inside width x height and never upscales; "cover"
     fills exactly width x height, cropping the centre; "stretch" fills it ignoring the aspect.
     fmt: one of FORMATS, or None for the source's format if it is one of them, else png.
@@ -382,19 +384,24 @@ def _write_atomically(img, dest, out_format, icc_profile):
 
     Readers never see a partial thumbnail; a failure leaves dest as it was and removes the
     temporary file, whose name does not end in an IMAGE_EXTENSIONS suffix (folder listings skip it).
+    dest: a path, or a (folder descriptor, name) pair, in which case nothing is looked up by path.
     """
-    dest = os.fspath(dest)
-    folder = os.path.dirname(dest) or "."
-    temp = os.path.join(folder, f".{os.path.basename(dest)}.{os.urandom(6).hex()}.tmp")
+    folder_fd, name = dest if isinstance(dest, tuple) else (None, os.fspath(dest))
+    head, tail = os.path.split(name)
+    temp = os.path.join(head, f".{tail}.{os.urandom(6).hex()}.tmp")
+    created = False
     try:
-        if not os.path.isdir(folder):
-            os.makedirs(folder, exist_ok=True)
-        with open(temp, "xb") as file:
+        if folder_fd is None and not os.path.isdir(head or "."):
+            os.makedirs(head, exist_ok=True)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666, dir_fd=folder_fd)
+        created = True
+        with os.fdopen(fd, "wb") as file:
             img.save(file, _PILLOW_NAMES[out_format], icc_profile=icc_profile, **_SAVE_OPTIONS[out_format])
-        os.replace(temp, dest)
+        os.replace(temp, name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
     except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.remove(temp)
+        if created:
+            with contextlib.suppress(OSError):
+                os.remove(temp, dir_fd=folder_fd)
         if isinstance(exc, OSError):  # strerror, not str(exc), which names the path
             raise ImageError(f"The thumbnail could not be written: {exc.strerror or exc}.") from None
         raise

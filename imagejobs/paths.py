@@ -7,6 +7,7 @@ service refuses with a sentence. A link loop, a dangling link or an unreadable f
 a user named it and left out of listings.
 """
 
+import contextlib
 import errno
 import itertools
 import os
@@ -150,6 +151,34 @@ def make_folder(root: Path, folder: Path) -> Path:
                 "(or to something that is not a folder); the service writes only inside the root."
             )
     return folder
+
+
+def open_folder(root: Path, folder: Path) -> int:
+    """A descriptor of folder (made if missing, as make_folder does), reached from root one folder at a
+    time without following links: a write through it lands in that folder even if a folder on the way is
+    swapped for a link out of the root after this call (a check of the path, then a write by the path,
+    left a window in which a swap sent the write outside). A link on the way is followed only where it
+    leads inside the root (make_folder's rule). The caller closes it. PathRefused as make_folder."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        current = root
+        for part in folder.relative_to(root).parts:
+            current = current / part
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, dir_fd=fd)
+            try:
+                below = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            except OSError:  # a link (ELOOP), or not a folder: make_folder decides, and opens its real path
+                below = os.open(make_folder(root, current), os.O_RDONLY | os.O_DIRECTORY)
+            os.close(fd)
+            fd = below
+    except OSError as exc:
+        os.close(fd)
+        raise PathRefused(f"The folder {relative(root, folder)!r} cannot be used ({exc.strerror}).") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def inside(root: Path, path: Path) -> Path | None:

@@ -82,6 +82,40 @@ def test_a_resized_folder_linking_out_of_the_root_is_never_written(client, folde
         link.unlink()
 
 
+def test_a_folder_swapped_for_a_link_out_mid_write_still_gets_the_thumbnail_inside(folder, images_root, tmp_path):
+    # Tried: the thumbnail's folder checked and opened, then (as a batch of 200 ran, by another process with
+    # write access to the images) moved aside and replaced by a link to a folder outside the root, before
+    # the write. Before: the check was once per chunk and the write went by path: 62 thumbnails landed
+    # outside. Now: the write goes through the folder's descriptor, into the moved folder, inside the root.
+    import Image
+    from imagejobs import paths
+
+    copy_sample(PHOTO, folder / "a.jpg")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    target = images_root / "resized" / rel(folder, images_root)
+
+    opened = []
+
+    def swap_then_write(extension):
+        opened.append(paths.open_folder(images_root, target))
+        target.rename(target.with_name(target.name + ".moved"))
+        target.symlink_to(outside)
+        return opened[0], f"a_resized{extension}"
+
+    try:
+        Image.make_thumbnail(folder / "a.jpg", swap_then_write, 50, 50, "contain", None, 10**8)
+        assert list(outside.iterdir()) == []
+        assert (target.with_name(target.name + ".moved") / "a_resized.jpg").is_file()
+        # and the next thumbnail for that folder is refused, as the link now leads out
+        with pytest.raises(paths.PathRefused):
+            paths.open_folder(images_root, target)
+    finally:
+        target.unlink()
+        for fd in opened:
+            os.close(fd)
+
+
 def test_a_thumbnail_replaced_by_a_link_out_of_the_root_is_not_served(client, folder, images_root):
     # Tried: a finished thumbnail, replaced by a symlink to /etc/passwd. Before: /result/file served it. Now: 404.
     copy_sample(PHOTO, folder / "a.jpg")

@@ -1,5 +1,6 @@
 """resize: a thumbnail of each image, written under <root>/resized/ in a folder named like its source's."""
 
+import os
 from pathlib import Path
 
 import Image
@@ -13,23 +14,29 @@ def process(work: Work):
 
 def thumbnail(work: Work, path: Path) -> dict:
     """The thumbnail of one image. Its name depends on the output's format, which Image.make_thumbnail
-    learns as it opens the source: it asks for the destination then, so the source is opened once."""
+    learns as it opens the source: it asks for the destination then, so the source is opened once. It is
+    written in a descriptor of its folder (paths.open_folder), so no link swapped in on the way can send
+    it out of the root."""
     root, params = work.settings.images_root, work.params
     made = {}
 
-    def destination(extension: str) -> Path:
+    def destination(extension: str) -> tuple[int, str]:
         made["path"] = paths.thumbnail_path(root, paths.relative(root, path), extension)
-        work.folder(made["path"].parent)  # refused if a link on the way leads out of the root
-        return made["path"]
+        made["folder"] = paths.open_folder(root, made["path"].parent)  # refused if a link leads out of the root
+        return made["folder"], made["path"].name
 
-    written = Image.make_thumbnail(
-        path,
-        destination,
-        params.get("width", 100),
-        params.get("height", 100),
-        params.get("fit", "contain"),
-        params.get("format"),
-        work.settings.max_image_pixels,
-        max_decode_bytes=work.settings.max_decode_bytes,
-    )
+    try:
+        written = Image.make_thumbnail(
+            path,
+            destination,
+            params.get("width", 100),
+            params.get("height", 100),
+            params.get("fit", "contain"),
+            params.get("format"),
+            work.settings.max_image_pixels,
+            max_decode_bytes=work.settings.max_decode_bytes,
+        )
+    finally:
+        if "folder" in made:
+            os.close(made["folder"])
     return {"path": paths.relative(root, made["path"]), **written}  # a path a client can use: under the root
