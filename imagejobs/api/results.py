@@ -9,6 +9,8 @@ GET /result/file?jobId=ID             the file it made: a plot's PNG, a thumbnai
 
 import io
 import mimetypes
+import os
+import time
 import zipfile
 from pathlib import Path, PurePosixPath
 
@@ -119,7 +121,8 @@ def zip_name(named: str) -> str:
     """A thumbnail's name in a batch's zip: its path under resized/ (Japan/a_resized.jpg)."""
     root = settings().images_root
     shown = PurePosixPath(paths.relative(root, root / named))
-    return str(shown.relative_to(paths.RESIZED_DIR) if shown.is_relative_to(paths.RESIZED_DIR) else shown)
+    name = str(shown.relative_to(paths.RESIZED_DIR) if shown.is_relative_to(paths.RESIZED_DIR) else shown)
+    return name.replace("\\", "_")  # a zip's separator is "/": tools on Windows would split at a backslash
 
 
 class _Chunks(io.RawIOBase):
@@ -142,10 +145,32 @@ class _Chunks(io.RawIOBase):
 
 
 def zip_stream(files_and_names):
-    """Yield a zip of (path, name) files, one file at a time; stored, not deflated (thumbnails are compressed)."""
+    """Yield a zip of (path, name) files, one file at a time; stored, not deflated (thumbnails are compressed).
+
+    Each file is looked at again as its turn comes: one deleted, or no longer a file inside the root, since
+    the zip began is left out (the answer's 200 had gone, so a missing file must not cut the zip short);
+    a name already in the zip (two images whose thumbnails share a name) is not added twice."""
+    root = settings().images_root
     out = _Chunks()
+    written = set()
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as archive:
         for path, name in files_and_names:
-            archive.write(path, name)
+            if name in written or (data := _read_inside(root, path)) is None:
+                continue
+            written.add(name)
+            archive.writestr(zipfile.ZipInfo(name, time.localtime(time.time())[:6]), data)
             yield out.take()
     yield out.take()
+
+
+def _read_inside(root: Path, path: Path) -> bytes | None:
+    """The bytes of path if it is (still) a file whose real path is inside root, read without following a
+    link at its end; None otherwise."""
+    real = paths.inside(root, path)
+    if real is None:
+        return None
+    try:
+        with os.fdopen(os.open(real, os.O_RDONLY | os.O_NOFOLLOW), "rb") as file:
+            return file.read()
+    except OSError:
+        return None
