@@ -68,7 +68,8 @@ def main(argv=None) -> int:
         worker_ttl=WORKER_TTL,
         maintenance_interval=MAINTENANCE_INTERVAL,
     )
-    callbacks.Courier(redis, settings, partial(answer_of, redis)).start()  # delivers callbacks beside the jobs
+    for _ in range(callbacks.COURIERS):  # deliver callbacks beside the jobs
+        callbacks.Courier(redis, settings, partial(answer_of, redis)).start()
     log.info("worker %s serving %s", worker.name, ", ".join(args.queues))
     worker.work(logging_level="WARNING")
     metrics.WORK.flush(redis)  # what was counted since the last beat

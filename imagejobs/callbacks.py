@@ -10,9 +10,9 @@ would give) once the job has finished, failed or been canceled.
 - Durable and patient: a delivery due is a member of a Redis sorted set (scored by when it is due), so it
   survives a restart; a receiver that is down or answers an error is tried again with back-off (1 s,
   doubling, at most a minute apart) for CALLBACK_RETRY_SECONDS, then the delivery is given up.
-- Out of the way: each worker process delivers from a thread of its own (Courier), woken by Redis when a
-  delivery is scheduled or comes due; a slow or failing receiver holds that thread only, never a job or a
-  worker.
+- Out of the way: each worker process delivers from COURIERS threads of its own (Courier), woken by Redis
+  when a delivery is scheduled or comes due; a slow or failing receiver holds one of those threads, never
+  a job, a worker, or the other deliveries.
 - Once: a job schedules its delivery once, however many times it is told it ended (a cancel, then the end
   of the image it was making); a courier takes a delivery and its lease in one step (a Lua script), and
   one already delivered or given up is never sent again.
@@ -48,6 +48,8 @@ DUE = "imagejob:callbacks"
 WAKE = "imagejob:callbacks-wake"
 WAKE_MAXLEN = 64  # tokens kept: one wakes a courier, which then delivers everything due before it waits
 IDLE_WAIT = 5.0  # seconds a courier waits for a token when nothing is due
+COURIERS = 4  # delivering threads a worker process runs: a slow receiver (up to 15 s an attempt) holds one,
+# and the others go on delivering everyone else's callbacks
 SECRET_KEY = "imagejob:callback-secret"
 HEADER = "X-Imagejobs-Signature"
 LEASE = 60  # seconds a courier holds a delivery it took; past it (the courier died), another takes it

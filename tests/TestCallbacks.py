@@ -22,7 +22,7 @@ class Receiver(ThreadingHTTPServer):
 
     def __init__(self):
         super().__init__(("127.0.0.1", 0), Handler)
-        self.posts, self.script, self.hold = [], [], None
+        self.posts, self.script, self.hold, self.held = [], [], None, []
         threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     @property
@@ -44,6 +44,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         if self.server.hold is not None:
+            self.server.held.append(body)
             self.server.hold.wait(30)
         self.server.posts.append((dict(self.headers), body))
         status = self.server.script.pop(0) if self.server.script else 200
@@ -151,6 +152,30 @@ def test_a_slow_receiver_holds_up_no_job(client, folder, images_root, receiver):
     assert receiver.posts == []  # still held
     receiver.hold.set()
     receiver.received(1)
+
+
+def test_slow_receivers_do_not_hold_up_another_receivers_callback(client, folder, images_root, receiver):
+    """Tried: 5 jobs whose receiver answers nothing (each holds a delivering thread up to its read timeout),
+    then one job with another receiver. Came back: the other receiver's callback at once (with one
+    delivering thread per worker it waited behind the slow ones: 29.5 s in a hostile run)."""
+    receiver.hold = threading.Event()
+    other = Receiver()
+    try:
+        copy_sample("castle_image.jpg", folder / "a.jpg")
+        data = {"imagePath": rel(folder / "a.jpg", images_root)}
+        slow = [submit(client, "POST", data={**data, "callbackUrl": receiver.url})["jobId"] for _ in range(5)]
+        for job_id in slow:
+            result_of(client, job_id)
+        deadline = time.monotonic() + 10
+        while len(receiver.held) < 5:  # every slow delivery is under way, and held
+            assert time.monotonic() < deadline, receiver.held
+            time.sleep(0.05)
+        result_of(client, submit(client, "POST", data={**data, "callbackUrl": other.url})["jobId"])
+        other.received(1, within=3)
+    finally:
+        receiver.hold.set()
+        other.shutdown()
+        other.server_close()
 
 
 def test_a_callback_scheduled_before_its_job_recorded_its_end_waits_for_the_end(
