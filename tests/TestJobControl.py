@@ -1,9 +1,11 @@
 """Watching and managing work: progress as it happens (wait with seen), cancel, strict parameters,
 thumbnails by path, and the browsable docs, through the API with real workers and Redis."""
 
+import io
 import re
 import threading
 import time
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -96,6 +98,13 @@ def test_a_running_batch_canceled_starts_no_new_image_and_keeps_what_is_done(cli
     names = [entry["image"] for entry in entries]
     assert names == sorted(names)  # in the order of their images
     assert client.delete(f"/result/{job_id}").status_code == 409
+    # what it made downloads as one zip (it was a 404 that asked for the index of an entry that succeeded)
+    archive = client.get(f"/result/file?jobId={job_id}")
+    assert archive.status_code == 200 and archive.mimetype == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(archive.data)) as opened:
+        assert len(opened.namelist()) == len(entries)
+    one = client.get(f"/result/file?jobId={job_id}&index=0")
+    assert one.status_code == 404 and "canceled" in one.get_json()["error"]
 
 
 def test_cancels_at_once_are_one_200_and_409s(app, workers, folder, images_root):

@@ -319,7 +319,8 @@ def document(server: str = "/") -> dict:
                 "get": {
                     "operationId": "getResultFile",
                     "summary": "The file a finished job made (thumbnail or plot), as an attachment; for a batch of "
-                    "thumbnails, a zip of them named by their paths under resized/ (index=N: entry N's alone)",
+                    "thumbnails, a zip of them named by their paths under resized/ (index=N: entry N's alone); "
+                    "for a canceled batch, a zip of those it made",
                     "parameters": [
                         {"name": "jobId", "in": "query", "required": True, "schema": JOB_ID},
                         *_query(params.FileQuery.model_json_schema()["properties"]),
