@@ -219,6 +219,17 @@ def reject_unknown(given, known: frozenset[str]) -> None:
         raise InvalidParameter(f"Unknown parameter {name!r}{hint}")
 
 
+REPEATABLE = frozenset({"imageUrl"})  # the one parameter a submit may give several times
+
+
+def reject_repeated(given, repeatable: frozenset[str] = frozenset()) -> None:
+    """InvalidParameter for a parameter given more than once (a multidict: query or form) that may not be:
+    taking the first of several would quietly ignore the others."""
+    for name, values in given.lists():
+        if len(values) > 1 and name not in repeatable:
+            raise InvalidParameter(f"Invalid parameter {name}: give it once, not {len(values)} times.")
+
+
 def validate(model: type[Params], values: dict, strict: bool = False) -> Params:
     """values as the model; strict for a JSON body, whose values carry their types (0 is not a boolean),
     lax for query strings and form fields, which are all text ("100" is a width)."""

@@ -270,3 +270,21 @@ def test_the_workers_report_their_work_to_metrics(client, folder, images_root):
     while 'imageapi_images_total{action="size",outcome="done"}' not in client.get("/metrics").get_data(as_text=True):
         assert time.monotonic() < deadline, "no worker reported its work"
         time.sleep(0.5)
+
+
+def test_a_parameter_given_twice_is_a_400_on_every_route(client, folder, images_root):
+    # Tried: wait, seen, index, jobId and path given twice on the routes that read them. Before: the first
+    # was taken and the others ignored (a submit already said 400). Now: 400 naming it.
+    copy_sample("castle_image.jpg", folder / "a.jpg")
+    job_id = submit(client, "GET", query_string={"imagePath": rel(folder / "a.jpg", images_root)})["jobId"]
+    result_of(client, job_id)
+    for url in (
+        f"/result/{job_id}?wait=1&wait=2",
+        f"/result/{job_id}?wait=1&seen=0&seen=1",
+        f"/result/file?jobId={job_id}&index=0&index=1",
+        f"/result/file?jobId={job_id}&jobId={job_id}",
+        f"/images?path={rel(folder, images_root)}&path=demo",
+    ):
+        answer = client.get(url)
+        assert answer.status_code == 400 and "give it once" in answer.get_json()["error"], (url, answer.get_json())
+    assert client.get(f"/result/{job_id}?wait=1").status_code == 200

@@ -87,11 +87,13 @@ def account(response):
 
 
 def known_parameters():
-    """A query parameter the route does not take is a 400 naming it (routes say what they take with
-    params.takes; the page and its assets take anything)."""
+    """A query parameter the route does not take, or one given twice, is a 400 naming it (routes say what
+    they take with params.takes; the page and its assets take anything; a submit checks its own, where
+    imageUrl may repeat)."""
     known = getattr(current_app.view_functions.get(request.endpoint), "takes", None)
     if known is not None:
         params.reject_unknown(request.args.keys(), known)
+        params.reject_repeated(request.args, params.REPEATABLE)
 
 
 def register(app: Flask) -> None:

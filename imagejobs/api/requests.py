@@ -9,7 +9,6 @@ from imagejobs.actions import ACTIONS, Action, AnyActionParams
 from imagejobs.api.context import client, redis, settings
 from imagejobs.api.errors import TooLarge
 
-REPEATABLE = {"imageUrl"}
 # What a submit takes, wherever it comes from (query, form, JSON body); `image` is the uploads' field.
 SUBMIT_PARAMETERS = frozenset(AnyActionParams.model_fields) | {"action", "image"}
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
@@ -26,11 +25,10 @@ def values() -> dict:
     merged = {}
     for source in (request.args, form()):
         params.reject_unknown(source.keys(), SUBMIT_PARAMETERS)
+        params.reject_repeated(source, params.REPEATABLE)
         given_here = {}
         for name, given in source.lists():
-            if len(given) > 1 and name not in REPEATABLE:
-                raise params.InvalidParameter(f"Invalid parameter {name}: give it once, not {len(given)} times.")
-            given_here[name] = given if name in REPEATABLE and len(given) > 1 else given[0]
+            given_here[name] = given if name in params.REPEATABLE and len(given) > 1 else given[0]
         merged.update(checked(given_here))
     body = json_body()
     if body is not None:
