@@ -460,3 +460,10 @@ def test_a_batch_that_made_no_files_has_no_zip(client, folder, images_root):
     result_of(client, body["jobId"])
     answer = client.get(f"/result/file?jobId={body['jobId']}")
     assert answer.status_code == 404 and "made no files" in answer.get_json()["error"]
+
+
+def test_an_overlong_value_is_not_echoed_back_whole(client):
+    # Tried: a 5,000-character callbackUrl. Before: the 400 repeated all of it. Now: its first 100 and its length.
+    answer = client.post("/imageapi", data={"imagePath": "a.jpg", "callbackUrl": "http://a/" + "x" * 4991})
+    error = answer.get_json()["error"]
+    assert answer.status_code == 400 and "callbackUrl" in error and "(5000 characters)" in error and len(error) < 300

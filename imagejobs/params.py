@@ -239,10 +239,15 @@ def validate(model: type[Params], values: dict, strict: bool = False) -> Params:
         raise InvalidParameter(describe(exc)) from None
 
 
+SHOWN_MAX = 100  # characters of a bad value an error sentence repeats
+
+
 def describe(exc: ValidationError) -> str:
     """One sentence naming the first bad parameter, what was wrong and what was given."""
     error = exc.errors(include_url=False)[0]
     name = ".".join(str(part) for part in error["loc"]) or "the request"
     given = error.get("input")
+    if isinstance(given, str) and len(given) > SHOWN_MAX:  # a 100 KB value is not echoed back whole
+        given = f"{given[:SHOWN_MAX]}... ({len(given)} characters)"
     shown = f" (got {given!r})" if isinstance(given, (str, int, float, bool)) else ""
     return f"Invalid parameter {name}: {error['msg']}{shown}."
