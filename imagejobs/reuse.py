@@ -49,10 +49,11 @@ def reusable(image: str) -> bool:
     return "://" not in image and inputs.job_of(image) is None
 
 
-def identity(path: Path | str) -> list[int] | None:
-    """What tells a file has not changed: size, modification and change times, inode; None if it is gone."""
+def identity(path: Path | str, follow: bool = True) -> list[int] | None:
+    """What tells a file has not changed: size, modification and change times, inode; None if it is gone.
+    follow=False: of the path itself, so a link put in a file's place never matches the file."""
     try:
-        st = os.stat(path)
+        st = os.stat(path) if follow else os.lstat(path)
     except OSError:
         return None
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
@@ -75,13 +76,15 @@ def recall(redis: Redis, client: str, ids: list[str]) -> list[dict | None]:
     return [json.loads(value) if value else None for value in redis.hmget(_keys(client)[0], ids)]
 
 
-def still_valid(record: dict, root: Path, image: str) -> bool:
+def still_valid(record: dict, root: Path, image: str, folders: dict[str, bool]) -> bool:
     """Whether a remembered result still holds for the image as it is now (see the module's docstring).
 
     The cheap check stats root/image as the path reads, without resolving its links one by one (a
     quarter of a re-run's time went there): a record exists only for a file the processor resolved
     inside the root, and one that passes must be that very file (its inode, size and times), wherever a
-    link now leads. Only the content check, which reads the file, resolves the path first."""
+    link now leads. Only the content check, which reads the file, resolves the path first. A file made
+    (a thumbnail) must be that very file, not a link, in a folder whose real path is inside the root
+    (folders: what was found for each folder, so a folder of 10,000 thumbnails is resolved once)."""
     now = identity(os.path.join(root, image))
     if now is None:
         return False
@@ -92,7 +95,13 @@ def still_valid(record: dict, root: Path, image: str) -> bool:
         record["source"] = now  # the same content: remembered with its new times
         record["changed"] = True
     made = record["result"].get("path") if isinstance(record["result"], dict) else None
-    return made is None or identity(os.path.join(root, made)) == record.get("made")
+    if made is None:
+        return True
+    folder = os.path.dirname(os.path.join(root, made))
+    if folder not in folders:
+        real = paths.real(Path(folder))
+        folders[folder] = real is not None and real.is_relative_to(root)
+    return folders[folder] and identity(os.path.join(root, made), follow=False) == record.get("made")
 
 
 def remember(redis: Redis, client: str, most: int, used: dict[str, dict]) -> None:
@@ -143,10 +152,10 @@ def entries(action, work):
     key = action.reuse_key(settings)
     ids = {index: entry_id(action.name, work.params, key, image) for index, image in enumerate(work.images)}
     ids = {index: entry for index, entry in ids.items() if reusable(work.images[index])}
-    ready, kept = {}, {}
+    ready, kept, folders = {}, {}, {}
     if not work.params.get("force"):
         for (index, entry), record in zip(ids.items(), recall(work.redis, work.client, list(ids.values()))):
-            if record is not None and still_valid(record, root, work.images[index]):
+            if record is not None and still_valid(record, root, work.images[index], folders):
                 ready[index] = {"image": work.images[index], "result": record["result"], "reused": True}
                 record.setdefault("changed", False)  # True when only its times changed (still_valid)
                 kept[entry] = record

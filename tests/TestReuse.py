@@ -139,3 +139,21 @@ def test_an_image_replaced_while_it_is_worked_is_not_remembered_with_the_old_res
     assert second["reused"] is False and second["result"]["width"] == 200
     (third,) = run_size(size)
     assert third["reused"] is True and third["result"]["width"] == 200
+
+
+def test_a_thumbnail_folder_moved_out_behind_a_link_is_not_reused(client, folder, images_root, tmp_path):
+    """Tried: a folder's thumbnails made, then their folder under resized/ moved out of the root and a link
+    to it put in its place (the files, their inodes and times unchanged). Came back: not reused, and the
+    new thumbnail refused with a sentence, as the folder leads out (before: "reused": true, for a file
+    /result/file then refused to serve)."""
+    copy_sample("castle_image.jpg", folder / "a.jpg")
+    first = run(client, folder, images_root)
+    made_folder = (images_root / first[0]["result"]["path"]).parent
+    outside = tmp_path / "moved-out"
+    made_folder.rename(outside)
+    made_folder.symlink_to(outside)
+    try:
+        (again,) = run(client, folder, images_root)
+        assert again["reused"] is False and "outside the images root" in again["error"], again
+    finally:
+        made_folder.unlink()
