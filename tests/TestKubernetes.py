@@ -36,15 +36,12 @@ import pytest
 import yaml
 from kubernetes_validate import SchemaNotFoundError, latest_version
 from pydantic import TypeAdapter
-from redis import Redis
-from redis.backoff import NoBackoff
-from redis.exceptions import AuthenticationError
-from redis.retry import Retry
 from rq import Queue
 
 from imagejobs import embedded_redis
 from imagejobs.config import Settings
 from RedisConfig import IMAGES_QUEUE
+from tests.support import assert_apps_connect, assert_redis_refuses_without_its_password
 
 ROOT = Path(__file__).resolve().parents[1]
 KUBERNETES = ROOT / "deploy" / "kubernetes"
@@ -964,30 +961,15 @@ def test_the_wrapper_starts_redis_with_the_password_off_its_command_line(kuberne
     tmp_path, port, password, process = kubernetes_redis
     assert password.encode() not in Path(f"/proc/{process.pid}/cmdline").read_bytes()
     assert oct((tmp_path / "run" / "redis.conf").stat().st_mode & 0o777) == oct(0o600)
-    for password_tried in (None, "wrong"):
-        client = Redis(
-            host="127.0.0.1", port=port, password=password_tried, socket_timeout=5, retry=Retry(NoBackoff(), 0)
-        )
-        with pytest.raises(AuthenticationError):
-            client.ping()
-        client.close()
+    assert_redis_refuses_without_its_password(port)
 
 
 def test_the_apps_connect_with_the_pods_environment(kubernetes_redis):
-    from RedisConfig import connect
-
     tmp_path, port, _, _ = kubernetes_redis
     env = explicit_env(container(render(BASE), "worker"))
-    configured = Settings(
-        redis_url=env["REDIS_URL"].replace("redis:6379", f"127.0.0.1:{port}"),
-        redis_password_file=local_text(env["REDIS_PASSWORD_FILE"], {"/run/imagejobs-secrets": tmp_path / "secrets"}),
-        require_redis_auth=env["REQUIRE_REDIS_AUTH"],
+    assert_apps_connect(
+        env, port, local_text(env["REDIS_PASSWORD_FILE"], {"/run/imagejobs-secrets": tmp_path / "secrets"})
     )
-    redis = connect(configured)
-    try:
-        assert redis.ping() is True
-    finally:
-        redis.close()
 
 
 @pytest.mark.parametrize("probe", ["readinessProbe", "livenessProbe"])

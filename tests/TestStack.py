@@ -21,13 +21,10 @@ from pathlib import Path
 import pytest
 import yaml
 from pydantic import TypeAdapter
-from redis import Redis
-from redis.backoff import NoBackoff
-from redis.exceptions import AuthenticationError
-from redis.retry import Retry
 
 from imagejobs import embedded_redis
 from imagejobs.config import Settings
+from tests.support import assert_apps_connect, assert_redis_refuses_without_its_password
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -781,31 +778,14 @@ def compose_redis(tmp_path):
 def test_compose_redis_requires_the_generated_password(compose_redis):
     secrets_dir, port, password, process = compose_redis
     assert password.encode() not in Path(f"/proc/{process.pid}/cmdline").read_bytes()
-    for password_tried in (None, "wrong"):
-        client = Redis(
-            host="127.0.0.1", port=port, password=password_tried, socket_timeout=5, retry=Retry(NoBackoff(), 0)
-        )
-        with pytest.raises(AuthenticationError):
-            client.ping()
-        client.close()
+    assert_redis_refuses_without_its_password(port)
 
 
 def test_the_apps_connect_with_the_password_file(compose_redis):
     """As in an app container: REDIS_URL without a password, REDIS_PASSWORD_FILE, REQUIRE_REDIS_AUTH."""
-    from RedisConfig import connect
-
     secrets_dir, port, password, _ = compose_redis
     env = env_map(service("worker"))
-    configured = Settings(
-        redis_url=env["REDIS_URL"].replace("redis:6379", f"127.0.0.1:{port}"),
-        redis_password_file=local(env["REDIS_PASSWORD_FILE"], secrets_dir),
-        require_redis_auth=env["REQUIRE_REDIS_AUTH"],
-    )
-    redis = connect(configured)
-    try:
-        assert redis.ping() is True
-    finally:
-        redis.close()
+    assert_apps_connect(env, port, local(env["REDIS_PASSWORD_FILE"], secrets_dir))
 
 
 def test_the_redis_healthcheck_passes_with_the_password_file_only(compose_redis):

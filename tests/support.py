@@ -17,8 +17,12 @@ from typing import NamedTuple
 from urllib.parse import unquote
 
 import psutil
+import pytest
 from PIL import Image as PILImage
 from PIL import ImageFile
+from redis import AuthenticationError, Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository
 TESTDATA = ROOT / "testdata"
@@ -326,3 +330,32 @@ def start_server(server_class, host: str, tls: ssl.SSLContext | None = None):
     yield Server(httpd, host, httpd.server_address[1], "https" if tls else "http")
     httpd.shutdown()
     httpd.server_close()
+
+
+def assert_redis_refuses_without_its_password(port: int) -> None:
+    """The Redis on port answers no client without the password, nor one with a wrong one."""
+    for password_tried in (None, "wrong"):
+        client = Redis(
+            host="127.0.0.1", port=port, password=password_tried, socket_timeout=5, retry=Retry(NoBackoff(), 0)
+        )
+        with pytest.raises(AuthenticationError):
+            client.ping()
+        client.close()
+
+
+def assert_apps_connect(env: dict, port: int, password_file: str) -> None:
+    """An app given this environment (REDIS_URL naming the host redis:6379, REDIS_PASSWORD_FILE, read here
+    from password_file, REQUIRE_REDIS_AUTH) reaches the Redis on port."""
+    from imagejobs.config import Settings
+    from RedisConfig import connect
+
+    configured = Settings(
+        redis_url=env["REDIS_URL"].replace("redis:6379", f"127.0.0.1:{port}"),
+        redis_password_file=password_file,
+        require_redis_auth=env["REQUIRE_REDIS_AUTH"],
+    )
+    redis = connect(configured)
+    try:
+        assert redis.ping() is True
+    finally:
+        redis.close()
