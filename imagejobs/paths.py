@@ -7,7 +7,6 @@ service refuses with a sentence. A link loop, a dangling link or an unreadable f
 a user named it and left out of listings.
 """
 
-import contextlib
 import errno
 import itertools
 import os
@@ -135,41 +134,32 @@ def browse(root: Path, folder: Path, shown: Callable[[str], bool] = lambda path:
 def make_folder(root: Path, folder: Path) -> Path:
     """Create folder and the folders above it, inside root, and return it; PathRefused when one of them
     is (or is a link to) something outside the root or not a folder, before anything is made below it."""
-    current = root
-    for part in folder.relative_to(root).parts:
-        current = current / part
-        try:
-            current.mkdir()
-        except FileExistsError:
-            pass
-        except OSError as exc:
-            raise PathRefused(f"The folder {relative(root, current)!r} cannot be made ({exc.strerror}).") from None
-        target = real(current)
-        if target is None or not target.is_relative_to(root) or not target.is_dir():
-            raise PathRefused(
-                f"The folder {relative(root, current)!r} is a link that leads outside the images root "
-                "(or to something that is not a folder); the service writes only inside the root."
-            )
+    os.close(open_folder(root, folder))
     return folder
 
 
 def open_folder(root: Path, folder: Path) -> int:
-    """A descriptor of folder (made if missing, as make_folder does), reached from root one folder at a
-    time without following links: a write through it lands in that folder even if a folder on the way is
+    """A descriptor of folder (made if missing, with the folders above it), reached from root one folder at
+    a time without following links: a write through it lands in that folder even if a folder on the way is
     swapped for a link out of the root after this call (a check of the path, then a write by the path,
     left a window in which a swap sent the write outside). A link on the way is followed only where it
-    leads inside the root (make_folder's rule). The caller closes it. PathRefused as make_folder."""
+    leads to a folder inside the root. The caller closes it. PathRefused when a folder cannot be made, or
+    one on the way is (or is a link to) something outside the root or not a folder."""
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     try:
         current = root
         for part in folder.relative_to(root).parts:
             current = current / part
-            with contextlib.suppress(FileExistsError):
+            try:
                 os.mkdir(part, dir_fd=fd)
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise PathRefused(f"The folder {relative(root, current)!r} cannot be made ({exc.strerror}).") from None
             try:
                 below = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-            except OSError:  # a link (ELOOP), or not a folder: make_folder decides, and opens its real path
-                below = os.open(make_folder(root, current), os.O_RDONLY | os.O_DIRECTORY)
+            except OSError:  # a link (ELOOP), or not a folder: followed only to a folder inside the root
+                below = os.open(_folder_inside(root, current), os.O_RDONLY | os.O_DIRECTORY)
             os.close(fd)
             fd = below
     except OSError as exc:
@@ -179,6 +169,17 @@ def open_folder(root: Path, folder: Path) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def _folder_inside(root: Path, path: Path) -> Path:
+    """path's real path, when it is a folder inside root; else PathRefused."""
+    target = real(path)
+    if target is None or not target.is_relative_to(root) or not target.is_dir():
+        raise PathRefused(
+            f"The folder {relative(root, path)!r} is a link that leads outside the images root "
+            "(or to something that is not a folder); the service writes only inside the root."
+        )
+    return target
 
 
 def inside(root: Path, path: Path) -> Path | None:
