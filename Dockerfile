@@ -58,6 +58,10 @@ CMD ["gunicorn", "-c", "gunicorn.conf.py", "RestAPI:app"]
 # to TFLite now (the build may reach PyPI; the running container reaches
 # nothing), so the worker starts in a second instead of converting.
 FROM base AS classifier
+# An ARG ends with its stage: without these two lines `USER ${APP_UID}:${APP_GID}` below reads `USER :`,
+# and the classify worker ran as root.
+ARG APP_UID=1000
+ARG APP_GID=1000
 USER 0
 RUN pip install --no-cache-dir -r requirements.txt
 ENV CLASSIFIER_CACHE_DIR=/opt/imageapi-cache

@@ -14,6 +14,7 @@ restart: the API answers 503, idle workers retry, a job in flight is run again. 
 the password, user, database and scheme.
 """
 
+import time
 from functools import cache
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -41,6 +42,10 @@ SENTINEL_TIMEOUT = 2
 
 class RedisNotConfigured(RuntimeError):
     pass
+
+
+class PasswordNotWritten(RedisNotConfigured):
+    """REDIS_PASSWORD_FILE does not exist (yet: in the containers the redis-password service writes it)."""
 
 
 class RedisUnreachable(RuntimeError):
@@ -85,6 +90,8 @@ def _url(configured: Settings) -> str:
 def _password(path) -> str:
     try:
         return path.read_text().strip()
+    except FileNotFoundError:
+        raise PasswordNotWritten(f"REDIS_PASSWORD_FILE {path} does not exist") from None
     except OSError as exc:
         raise RedisNotConfigured(f"REDIS_PASSWORD_FILE {path} cannot be read ({exc.strerror})") from None
 
@@ -172,6 +179,27 @@ def _client_options(url: str) -> dict:
     if options.pop("connection_class", None) is SSLConnection:
         options["ssl"] = True
     return options
+
+
+def wait_for_redis(configured: Settings = settings) -> None:
+    """Return once Redis answers PING; RedisUnreachable with the last reason after REDIS_START_TIMEOUT seconds.
+
+    A process starts before Redis can answer it wherever something else starts them side by side: podman
+    4.3 ignores compose's `condition: service_healthy`, and the redis-password service may not have written
+    the password file yet. Waiting here makes that order not matter; a misconfiguration (REDIS_URL unset,
+    a password file that cannot be read) still stops the process at once."""
+    deadline = time.monotonic() + configured.redis_start_timeout
+    while True:
+        try:
+            with connect(configured) as client:
+                client.ping()
+            return
+        except (PasswordNotWritten, RedisUnreachable, ConnectionError, TimeoutError) as exc:
+            if time.monotonic() >= deadline:
+                raise RedisUnreachable(
+                    f"Redis did not answer within REDIS_START_TIMEOUT ({configured.redis_start_timeout} s): {exc}"
+                ) from None
+            time.sleep(0.5)
 
 
 @cache

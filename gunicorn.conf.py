@@ -34,15 +34,21 @@ os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 
 
 def on_starting(server):
-    """Refuse to start (one line) on folders the API cannot write; log like every other process."""
+    """Refuse to start (one line) on folders the API cannot write; log like every other process; wait for
+    Redis (RedisConfig.wait_for_redis) before the workers build the app, which connects to it."""
     from imagejobs import startup
     from log import setup_logging
+    from RedisConfig import RedisNotConfigured, RedisUnreachable, wait_for_redis
 
     try:
         startup.check_writable([settings.images_root, settings.logs_dir])
     except startup.CannotStart as exc:
         raise SystemExit(f"api: {exc}") from None
     setup_logging("api")
+    try:
+        wait_for_redis(settings)
+    except (RedisNotConfigured, RedisUnreachable) as exc:
+        raise SystemExit(f"api: {exc}") from None
 
 
 def when_ready(server):

@@ -21,7 +21,16 @@ from imagejobs.processors import classify
 from imagejobs.startup import CannotStart, check_writable
 from imagejobs.worker import MAINTENANCE_INTERVAL, WORKER_TTL, ImageWorker, TrustedJob
 from log import setup_logging
-from RedisConfig import CLASSIFY_QUEUE, QUEUE_NAMES, SERIALIZER, RedisNotConfigured, connection, queue
+from RedisConfig import (
+    CLASSIFY_QUEUE,
+    QUEUE_NAMES,
+    SERIALIZER,
+    RedisNotConfigured,
+    RedisUnreachable,
+    connection,
+    queue,
+    wait_for_redis,
+)
 
 
 def answer_of(redis, job_id: str) -> dict:
@@ -57,6 +66,7 @@ def main(argv=None) -> int:
     log = setup_logging(service)
     logging.getLogger("rq.worker").setLevel(logging.WARNING)  # RQ logs several lines per job; ours log one
     settings.check()
+    wait_for_redis(settings)
     if CLASSIFY_QUEUE in args.queues:
         classify.warm_up(settings)  # the model loads here, and only in a classify worker
     redis = connection()
@@ -79,5 +89,5 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except (RedisNotConfigured, ValueError) as exc:
+    except (RedisNotConfigured, RedisUnreachable, ValueError) as exc:
         sys.exit(f"worker: {exc}")

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
         description="comma-separated name:token pairs (or bare tokens), or the path of a file of them, one a line",
     )
     require_redis_auth: bool = False
+    redis_start_timeout: int = Field(
+        60, ge=0, description="seconds a process starting waits for Redis to answer before it stops with the reason"
+    )
     redis_sentinels: str = Field(
         "",
         description="comma-separated host:port of Redis Sentinels: set, the Redis master is the one they name "

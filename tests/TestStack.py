@@ -193,10 +193,11 @@ def _all_dockerfile_instructions():
     return instructions
 
 
-def dockerfile_args():
-    """Default values of the Dockerfile's ARGs."""
+def dockerfile_args(stage: str):
+    """Default values of the ARGs one stage declares: an ARG ends with the stage that declares it, so a later
+    stage that uses one must declare it again (an ARG before the first FROM reaches FROM lines only)."""
     defaults = {}
-    for keyword, args in dockerfile_instructions(None):
+    for keyword, args in dockerfile_instructions(stage):
         if keyword == "ARG":
             name, _, default = args.partition("=")
             defaults[name] = default
@@ -377,14 +378,45 @@ def test_the_password_service_writes_the_secrets_once_and_exits():
 
 
 def test_redis_starts_after_the_password_exists_and_can_read_it():
+    """Redis waits for the config include in its own entrypoint, not by `depends_on`: podman-compose turns
+    every depends_on into podman's --requires, recursively, and podman never restarted a killed worker
+    because it then required the exited one-shot (`redis-password: container state improper`)."""
     redis = service("redis")
-    assert redis["depends_on"] == {PASSWORD_SERVICE: {"condition": "service_completed_successfully"}}
+    assert "depends_on" not in redis
+    assert REDIS_CONF in redis["entrypoint"][2] and redis["entrypoint"][-1] == "docker-entrypoint.sh"
     # Not root (so the image's entrypoint keeps the added group), and in the app's group, which owns the
     # password files (mode 0640, folder 0750).
     assert redis["user"] == "redis"
     app_gid = service("api")["build"]["args"]["APP_GID"]
     assert redis["group_add"] == [app_gid]
     assert (SECRETS_VOLUME, SECRETS_DIR, True) in mounts_with_mode(redis)
+
+
+def test_redis_entrypoint_waits_for_the_config_then_runs_the_images_own(tmp_path):
+    """The entrypoint run by sh, the secrets folder a temporary one and the image's docker-entrypoint.sh a
+    script that records its arguments: nothing runs while the config include is missing; once written,
+    the image's entrypoint runs with the service's command."""
+    secrets_dir, ran = tmp_path / "secrets", tmp_path / "ran"
+    secrets_dir.mkdir()
+    fake = tmp_path / "bin" / "docker-entrypoint.sh"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\necho "$@" > {ran}\n')
+    fake.chmod(0o755)
+    argv = [local(arg, secrets_dir) for arg in service("redis")["entrypoint"]]
+    command = [local(arg, secrets_dir) for arg in as_argv(service("redis")["command"])]
+    env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}"}
+    process = subprocess.Popen(argv + command, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            process.wait(1.5)
+        assert not ran.exists()
+        (secrets_dir / "redis.conf").write_text("requirepass x\n")
+        assert process.wait(5) == 0
+        assert ran.read_text().split() == command
+        assert "waiting for the redis-password service" in process.stdout.read()
+    finally:
+        process.kill()
+        process.stdout.close()
 
 
 def test_the_secrets_volume_is_read_only_wherever_it_is_only_read():
@@ -589,9 +621,12 @@ def test_dockerfile_base_image():
 
 @pytest.mark.parametrize("stage", ["base", "classifier"])
 def test_dockerfile_runs_as_non_root_user(stage):
+    """Each stage read alone. Before, this filled in ARG defaults from every stage, and so missed that the
+    classifier stage's `USER ${APP_UID}:${APP_GID}` read `USER :` there (it declared neither ARG): the classify
+    worker ran as root."""
     users = [args for keyword, args in dockerfile_instructions(stage) if keyword == "USER"]
     assert users, "no USER instruction: the container would run as root"
-    defaults = dockerfile_args()
+    defaults = dockerfile_args(stage)
     final = re.sub(r"\$\{?(\w+)\}?", lambda m: defaults.get(m.group(1), m.group(0)), users[-1])
     user, _, group = final.partition(":")
     assert user not in ("root", "0", "") and group not in ("root", "0")
