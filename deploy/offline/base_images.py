@@ -42,10 +42,10 @@ SLIM = [
 # Run in the new root (mmdebstrap gives it as $1) after the packages: the machine's extra CAs, pip told to use
 # the system bundle, and the package lists dropped.
 TRUST = (
-    'if ls {cas}/*.crt >/dev/null 2>&1; then cp {cas}/*.crt "$1/usr/local/share/ca-certificates/"; fi'
+    f'if ls {EXTRA_CAS}/*.crt >/dev/null 2>&1; then cp {EXTRA_CAS}/*.crt "$1/usr/local/share/ca-certificates/"; fi'
     ' && chroot "$1" update-ca-certificates >/dev/null'
     ' && printf "[global]\\ncert = /etc/ssl/certs/ca-certificates.crt\\n" > "$1/etc/pip.conf"'
-).format(cas=EXTRA_CAS)
+)
 CLEAN = 'rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/* "$1"/var/log/*.log'
 
 # The official redis image's entrypoint, in POSIX sh: an option or a .conf file first means redis-server;
@@ -83,7 +83,7 @@ STAND_INS = (
             TRUST,
             'chroot "$1" sh -c "groupmod -g 1000 redis && usermod -u 999 -g 1000 redis'
             ' && mkdir -p /data && chown redis:redis /data"',
-            'cat > "$1/usr/local/bin/docker-entrypoint.sh" <<\'EOF\'\n'
+            "cat > \"$1/usr/local/bin/docker-entrypoint.sh\" <<'EOF'\n"
             + REDIS_ENTRYPOINT
             + 'EOF\nchmod 0755 "$1/usr/local/bin/docker-entrypoint.sh"',
             CLEAN,
@@ -149,7 +149,9 @@ def ensure(engine: str, cache: Path) -> list[str]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("engine", choices=("docker", "podman"))
-    parser.add_argument("--cache", type=Path, help="keep the built root file systems here (default: a temporary folder)")
+    parser.add_argument(
+        "--cache", type=Path, help="keep the built root file systems here (default: a temporary folder)"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="base-images-") as scratch:
         imported = ensure(args.engine, args.cache or Path(scratch))
