@@ -100,8 +100,8 @@ STAND_INS = (
 )
 
 
-def has_image(engine: str, name: str) -> bool:
-    return subprocess.run([engine, "image", "inspect", name], capture_output=True).returncode == 0
+def has_image(engine: str, name: str, env=None) -> bool:
+    return subprocess.run([engine, "image", "inspect", name], capture_output=True, env=env).returncode == 0
 
 
 def build_root(stand_in: StandIn, folder: Path) -> Path:
@@ -126,23 +126,24 @@ def build_root(stand_in: StandIn, folder: Path) -> Path:
     return tar
 
 
-def import_root(engine: str, stand_in: StandIn, tar: Path) -> None:
+def import_root(engine: str, stand_in: StandIn, tar: Path, env=None) -> None:
     changes = [arg for change in stand_in.changes for arg in ("--change", change)]
-    subprocess.run([engine, "import", *changes, str(tar), stand_in.name], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([engine, "import", *changes, str(tar), stand_in.name], check=True, capture_output=True, env=env)
     if engine == "podman":  # podman names an import localhost/NAME; builds and compose look for docker.io's name
-        subprocess.run([engine, "tag", stand_in.name, f"docker.io/library/{stand_in.name}"], check=True)
+        subprocess.run([engine, "tag", stand_in.name, f"docker.io/library/{stand_in.name}"], check=True, env=env)
 
 
-def ensure(engine: str, cache: Path) -> list[str]:
-    """Import a stand-in for each base image the engine lacks; the names imported."""
-    missing = [stand_in for stand_in in STAND_INS if not has_image(engine, stand_in.name)]
+def ensure(engine: str, cache: Path, env=None) -> list[str]:
+    """Import a stand-in for each base image the engine lacks; the names imported. env: the environment the
+    engine's commands need (DOCKER_HOST, CONTAINERS_CONF), this process's by default."""
+    missing = [stand_in for stand_in in STAND_INS if not has_image(engine, stand_in.name, env)]
     if missing and not shutil.which("mmdebstrap"):
         raise RuntimeError("the base images cannot be pulled and mmdebstrap is not installed to build stand-ins")
     cache.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(len(STAND_INS)) as pool:  # mostly waiting on downloads and dpkg: side by side
         roots = list(pool.map(lambda stand_in: build_root(stand_in, cache), missing))
     for stand_in, root in zip(missing, roots):
-        import_root(engine, stand_in, root)
+        import_root(engine, stand_in, root, env)
     return [stand_in.name for stand_in in missing]
 
 
