@@ -1,7 +1,10 @@
 # Two images: `base` for the API (gunicorn) and the size/resize/plot workers,
-# and `classifier` (base plus TensorFlow Lite and the model) for the classify
-# worker. The compose file picks the process with `command:`.
-FROM python:3.11-slim AS base
+# and `classifier` (the same plus TensorFlow Lite and the model) for the classify
+# worker. The compose file picks the process with `command:`. Both start from
+# `runtime` (Python, the user, the core dependencies) and copy the code last, so
+# a change of code rebuilds neither image's dependencies (TensorFlow's install
+# alone is half a minute).
+FROM python:3.11-slim AS runtime
 
 # UID/GID of the runtime user. ./images and ./logs are bind-mounted from the
 # host in docker-compose.yml, so this user must be able to write there: keep it
@@ -37,6 +40,12 @@ RUN groupadd --non-unique --gid "${APP_GID}" app \
 COPY requirements-core.txt .
 RUN pip install --no-cache-dir -r requirements-core.txt
 
+# The API and the size/resize/plot workers.
+FROM runtime AS base
+# An ARG ends with its stage: each stage that reads one declares it again.
+ARG APP_UID=1000
+ARG APP_GID=1000
+
 # The code (.dockerignore keeps images/, logs/, data, .git, .env, ... out).
 COPY . .
 
@@ -57,13 +66,14 @@ CMD ["gunicorn", "-c", "gunicorn.conf.py", "RestAPI:app"]
 # The classify worker: the model's libraries, and EfficientNet-Lite0 converted
 # to TFLite now (the build may reach PyPI; the running container reaches
 # nothing), so the worker starts in a second instead of converting.
-FROM base AS classifier
-# An ARG ends with its stage: without these two lines `USER ${APP_UID}:${APP_GID}` below reads `USER :`,
+FROM runtime AS classifier
+# Without these two lines `USER ${APP_UID}:${APP_GID}` below read `USER :`,
 # and the classify worker ran as root.
 ARG APP_UID=1000
 ARG APP_GID=1000
-USER 0
+COPY requirements.txt .
 RUN pip install --no-cache-dir -r requirements.txt
+COPY . .
 ENV CLASSIFIER_CACHE_DIR=/opt/imageapi-cache
 RUN python -c "from imagejobs.classifier import Classifier; Classifier.load(cache_dir='/opt/imageapi-cache')" \
     && chmod -R a+rX /opt/imageapi-cache

@@ -8,8 +8,9 @@ brings `six`; the API image, which installs requirements-core.txt alone, never s
 (`ModuleNotFoundError: No module named 'six'` in rq_dashboard/web.py, gunicorn's "Worker failed to boot").
 On that main, test_the_app_image_starts_its_entry_points failed with that very error.
 
-The venv follows the Dockerfile: the base stage's `pip install -r` files first (the API and worker image),
-then the classifier stage's on top of them, as that image is built FROM base. Installing takes about a
+The venv follows the Dockerfile: what the base image installs first (the API and worker image), then what
+the classifier image installs on top of that (the core again, which changes nothing, and the model's
+libraries). Installing takes about a
 minute for the base and two more for TensorFlow (from pip's cache when the suite's own install filled it);
 the test is skipped, saying so, when the package index cannot be reached.
 """
@@ -24,20 +25,11 @@ from pathlib import Path
 
 import pytest
 
+from tests import dockerfile
 from tests.TestRequirements import index_unreachable
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCKERFILE = ROOT / "Dockerfile"
 INSTALL_TIMEOUT = 900
-
-
-def stage_requirements(stage: str) -> list[str]:
-    """The requirements files a Dockerfile stage installs with `pip install ... -r FILE`."""
-    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text(encoding="utf-8"))
-    stages = re.split(r"^FROM ", text, flags=re.M)[1:]
-    body = next(part for part in stages if part.split("\n", 1)[0].rstrip().endswith(f" AS {stage}"))
-    runs = [line for line in body.splitlines() if line.startswith("RUN ") and "pip install" in line]
-    return [name for run in runs for name in re.findall(r"-r\s+(\S+)", run)]
 
 
 def run(argv, env=None, timeout=INSTALL_TIMEOUT):
@@ -54,7 +46,7 @@ def image_venv(base: Path) -> Path:
 
 
 def install(python: Path, stage: str) -> None:
-    files = [arg for name in stage_requirements(stage) for arg in ("-r", str(ROOT / name))]
+    files = [arg for name in dockerfile.pip_requirements(stage) for arg in ("-r", str(ROOT / name))]
     assert files, f"the {stage} stage installs no requirements file"
     run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *files])
     run([python, "-m", "pip", "check"], timeout=120)

@@ -22,7 +22,6 @@ what the markers read; everything else is pip as it is.
 import functools
 import json
 import os
-import re
 import subprocess
 import sys
 import urllib.request
@@ -33,10 +32,11 @@ from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
+from tests import dockerfile
+
 ROOT = Path(__file__).resolve().parents[1]
 REQUIREMENTS = ROOT / "requirements.txt"
 CORE = ROOT / "requirements-core.txt"
-DOCKERFILE = ROOT / "Dockerfile"
 
 ARCHITECTURES = ("x86_64", "aarch64")
 TENSORFLOW = {"x86_64": "tensorflow-cpu", "aarch64": "tensorflow"}
@@ -77,21 +77,14 @@ def environment(machine, system="Linux"):
         platform_machine=machine,
         platform_system=system,
         sys_platform={"Linux": "linux", "Darwin": "darwin", "Windows": "win32"}[system],
-        python_version=dockerfile_python(),
-        python_full_version=dockerfile_python() + ".0",
+        python_version=dockerfile.base_python(),
+        python_full_version=dockerfile.base_python() + ".0",
     )
     return env
 
 
 def applies(requirement, env):
     return requirement.marker is None or requirement.marker.evaluate(env)
-
-
-@functools.cache
-def dockerfile_python():
-    match = re.search(r"^FROM python:(\d+\.\d+)-slim AS base$", DOCKERFILE.read_text(encoding="utf-8"), re.M)
-    assert match, "the Dockerfile's base image is not python:<version>-slim"
-    return match.group(1)
 
 
 def tensorflows(env):
@@ -186,7 +179,7 @@ def test_requirements_resolve_to_wheels_for(machine, tmp_path):
     report = tmp_path / "report.json"
     command = [sys.executable, "-c", PIP_FOR_MACHINE, machine, "install", "--dry-run", "--ignore-installed"]
     command += ["--target", str(tmp_path / "target"), "--only-binary=:all:", "--implementation", "cp"]
-    command += ["--python-version", dockerfile_python(), "--no-cache-dir", "--quiet"]
+    command += ["--python-version", dockerfile.base_python(), "--no-cache-dir", "--quiet"]
     for platform_tag in platforms:
         command += ["--platform", platform_tag]
     command += ["-r", str(REQUIREMENTS), "--report", str(report)]

@@ -23,13 +23,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "deploy" / "offline"))
 import base_images  # noqa: E402  (a script of deploy/, not a package)
 
-DOCKERD_STATE = Path("/var/lib/imageresize-tests/docker")  # kept between runs: the build cache
+# As root, each engine keeps the tests' images and build cache here, apart from the machine's own, between runs.
+STATE = Path("/var/lib/imageresize-tests")
 PODMAN_CONF = """[containers]
 default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
 [engine]
 {runtime}
 [network]
 network_backend = "netavark"
+"""
+PODMAN_STORAGE = """[storage]
+driver = "overlay"
+graphroot = "{state}/podman"
+runroot = "{scratch}/podman-run"
 """
 HEALTHCHECK_EVERY = 3  # seconds between the podman healthcheck loop's rounds
 
@@ -38,12 +44,14 @@ class Unavailable(Exception):
     """Why this engine cannot be had here, in one sentence."""
 
 
-def run(argv, env=None, timeout=600, check=True) -> subprocess.CompletedProcess:
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+def run(argv, env=None, timeout=600, check=True, cwd=None) -> subprocess.CompletedProcess:
+    """A command's outcome, its output captured; AssertionError with the output's end if it fails and check."""
+    done = subprocess.run(
+        argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
     if check and done.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(map(str, argv))} exited {done.returncode}:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
-        )
+        said = f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+        raise AssertionError(f"{' '.join(map(str, argv))} exited {done.returncode}:\n{said}")
     return done
 
 
@@ -115,9 +123,9 @@ class Docker(Engine):
             raise Unavailable("no Docker daemon answers and dockerd is not installed (apt-get install docker.io)")
         if os.geteuid() != 0:
             raise Unavailable("no Docker daemon answers, and starting dockerd needs root")
-        DOCKERD_STATE.mkdir(parents=True, exist_ok=True)
+        (STATE / "docker").mkdir(parents=True, exist_ok=True)
         socket = self.scratch / "docker.sock"
-        argv = ["dockerd", "--data-root", str(DOCKERD_STATE), "--exec-root", str(self.scratch / "exec")]
+        argv = ["dockerd", "--data-root", str(STATE / "docker"), "--exec-root", str(self.scratch / "exec")]
         argv += ["--pidfile", str(self.scratch / "docker.pid"), "-H", f"unix://{socket}"]
         log = (self.scratch / "dockerd.log").open("wb")
         self.daemon = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -131,6 +139,7 @@ class Docker(Engine):
 
     def stop(self) -> None:
         if self.daemon is not None:
+            self.run("image", "prune", "--force", check=False)  # the last builds' leftovers, in its own data root
             self.daemon.terminate()
             try:
                 self.daemon.wait(60)
@@ -150,6 +159,7 @@ class Podman(Engine):
         super().__init__()
         self.watching = threading.Event()
         self.watcher = None
+        self.own_storage = None
 
     def start(self) -> None:
         if not shutil.which("podman"):
@@ -160,9 +170,18 @@ class Podman(Engine):
         runtime = 'runtime = "runc"' if shutil.which("runc") else ""
         conf.write_text(PODMAN_CONF.format(runtime=runtime))
         self.env.update(CONTAINERS_CONF=str(conf), BUILDAH_FORMAT="docker")
+        if os.geteuid() == 0:
+            self.own_storage = self.scratch / "storage.conf"
+            self.own_storage.write_text(PODMAN_STORAGE.format(state=STATE, scratch=self.scratch))
+            self.env["CONTAINERS_STORAGE_CONF"] = str(self.own_storage)
         info = self.run("info", check=False, timeout=60)
         if info.returncode != 0:
             raise Unavailable(f"podman does not run here: {info.stderr.strip()[-300:]}")
+
+    def stop(self) -> None:
+        if self.own_storage is not None:
+            self.run("image", "prune", "--force", check=False, timeout=300)  # the last builds' leftovers
+        super().stop()
 
     def compose_command(self) -> list[str]:
         return ["podman-compose"]
