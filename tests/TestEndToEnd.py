@@ -109,7 +109,10 @@ def test_run_py_starts_again_at_once_on_the_same_port(tmp_path):
 
 
 def refused(tmp_path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    """run.py with the environment RunningService gives it, run to its end."""
+    """run.py with the environment RunningService gives it, run to its end; on a free port unless args name
+    one (the default 5000 is often the user's own service: the refusals tested then were "port not free")."""
+    if "--port" not in args:
+        args = (*args, "--port", str(free_port()))
     (tmp_path / "images").mkdir(exist_ok=True)
     environment = {**os.environ, "IMAGES_DIR": str(tmp_path / "images"), "LOGS_DIR": str(tmp_path / "logs")}
     environment.pop("REDIS_URL")

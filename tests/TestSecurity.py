@@ -16,6 +16,7 @@ from rq.serializers import JSONSerializer
 from rq.suspension import resume, suspend
 
 from imagejobs.config import Settings
+from imagejobs.embedded_redis import free_port
 from imagejobs.worker import SUSPENSION_CHECK_EVERY
 from RedisConfig import queue
 from tests.support import ROOT, copy_sample, jpeg_bytes, rel, result_of, submit, wait_for_workers
@@ -67,6 +68,8 @@ def test_without_tokens_the_api_listens_on_loopback_only_unless_told():
 
 @pytest.mark.parametrize("command", [["worker.py", "images"], ["-c", "import RestAPI"], ["run.py"]])
 def test_require_redis_auth_refuses_a_url_without_password(command, tmp_path):
+    if command == ["run.py"]:  # on a free port: with the default 5000 taken, run.py refused for that instead
+        command = [*command, "--port", str(free_port())]
     environment = {
         **os.environ,
         "REQUIRE_REDIS_AUTH": "1",
