@@ -169,6 +169,25 @@ def test_json_body_must_be_an_object_and_other_bodies_are_unsupported(client):
     assert answer.status_code == 415 and "error" in answer.get_json()
 
 
+def test_a_json_number_of_5000_digits_is_a_sentence_not_a_crash(client):
+    """{"width": 99...9} with 5,000 nines was a 500: Python refuses to convert an integer of more than 4,300
+    digits, and that ValueError, raised inside the JSON parser, had no position to report."""
+    body = '{"imagePath": "a.jpg", "width": ' + "9" * 5000 + "}"
+    answer = client.post("/imageapi", data=body, content_type="application/json")
+    assert answer.status_code == 400
+    assert answer.get_json()["error"] == "The JSON body is not usable: a number in it has 5,000 digits (at most 30)."
+    huge = client.post("/imageapi", data='{"imagePath": "a.jpg", "width": 1e999}', content_type="application/json")
+    assert huge.status_code == 400 and "width" in huge.get_json()["error"]
+
+
+def test_a_number_sent_as_a_json_string_is_told_apart(client):
+    """JSON {"width": "300"} said only "Input should be a valid integer (got '300')", although 300 is one; JSON
+    values carry their types (0 is no boolean), so the sentence says what to send instead."""
+    answer = client.post("/imageapi", json={"imagePath": "a.jpg", "width": "300"})
+    assert answer.status_code == 400
+    assert answer.get_json()["error"] == "Invalid parameter width: in JSON, a number, not a string (got '300')."
+
+
 # --- batches -------------------------------------------------------------------------------------------
 
 

@@ -180,16 +180,32 @@ class FileQuery(Params):
     index: int | None = Field(None, ge=0, description="in a batch: the entry whose thumbnail to download")
 
 
+MAX_JSON_DIGITS = 30  # no parameter needs a longer number; Python refuses to convert past 4,300 digits anyway
+
+
+class _NumberTooLong(ValueError):
+    pass
+
+
+def _bounded_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > MAX_JSON_DIGITS:
+        raise _NumberTooLong(f"a number in it has {len(digits.lstrip('-')):,} digits (at most {MAX_JSON_DIGITS})")
+    return int(digits)
+
+
 def load_json(text: str | bytes):
     """JSON text as Python values; ValueError with a sentence for text that is not JSON, however it fails:
-    JSON nested deeper than Python's recursion allows is refused the same way, never a crash."""
+    JSON nested deeper than Python's recursion allows is refused the same way, never a crash, and so is a
+    number too long to convert (5,000 digits was a 500: Python's own limit raised while parsing)."""
     try:
-        return json.loads(text)
+        return json.loads(text, parse_int=_bounded_int)
     except RecursionError:
         raise ValueError("it is nested too deeply") from None
     except UnicodeDecodeError:
         raise ValueError("it is not UTF-8 text") from None
-    except ValueError as exc:
+    except _NumberTooLong as exc:
+        raise ValueError(str(exc)) from None
+    except json.JSONDecodeError as exc:
         raise ValueError(f"it is not valid JSON ({exc.msg} at character {exc.pos})") from None
 
 
@@ -250,4 +266,7 @@ def describe(exc: ValidationError) -> str:
     if isinstance(given, str) and len(given) > SHOWN_MAX:  # a 100 KB value is not echoed back whole
         given = f"{given[:SHOWN_MAX]}... ({len(given)} characters)"
     shown = f" (got {given!r})" if isinstance(given, (str, int, float, bool)) else ""
-    return f"Invalid parameter {name}: {error['msg']}{shown}."
+    message = error["msg"]
+    if error["type"] in ("int_type", "float_type") and isinstance(given, str):  # strict: a JSON body's string
+        message = "in JSON, a number, not a string"
+    return f"Invalid parameter {name}: {message}{shown}."
