@@ -411,8 +411,11 @@ def test_metrics_in_prometheus_text_format(client):
 
 
 def test_unknown_route_and_wrong_method_answer_json(client):
+    """An unknown route points at /docs, which lists the routes (it said "see / for the routes", and / is the
+    page, which does not)."""
     answer = client.get("/nowhere")
-    assert answer.status_code == 404 and answer.is_json and "error" in answer.get_json()
+    assert answer.status_code == 404 and answer.get_json() == {"error": "No route /nowhere; /docs lists the routes."}
+    assert client.get("/docs").status_code == 200
     answer = client.delete("/imageapi")
     assert answer.status_code == 405 and "DELETE" in answer.get_json()["error"]
 

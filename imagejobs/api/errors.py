@@ -41,7 +41,7 @@ def queue_full(exc):
 
 def http_error(exc: HTTPException):
     messages = {
-        404: f"No route {request.path}; see / for the routes.",
+        404: f"No route {request.path}; /docs lists the routes.",
         405: f"{request.method} is not allowed on {request.path}.",
         413: f"The request is larger than the limit of {settings().max_upload_mb} MB (MAX_UPLOAD_MB).",
     }
