@@ -410,6 +410,36 @@ def test_metrics_in_prometheus_text_format(client):
     assert 'imageapi_queue_depth{queue="images"}' in text and "imageapi_workers" in text
 
 
+@pytest.mark.parametrize(
+    "method, query, data, said",
+    [
+        (
+            "GET",
+            {"imagePath": "a.jpg", "width": "50"},
+            None,
+            "GET /imageapi runs size, which does not use it; width is for resize",
+        ),
+        (
+            "POST",
+            {"action": "classify"},
+            {"imagePath": "a.jpg", "fit": "cover"},
+            "runs classify, which does not use it; fit is for resize",
+        ),
+        (
+            "POST",
+            {},
+            {"imagePath": "a.jpg", "top": "3"},
+            "POST /imageapi runs resize, which does not use it; top is for classify",
+        ),
+    ],
+)
+def test_a_parameter_of_another_action_is_named_not_dropped(client, method, query, data, said):
+    """GET /imageapi?imagePath=demo/castle_image.jpg&width=50 answered a size and dropped width without a word,
+    while a misspelt widht got a 400: a parameter the chosen action does not use is a 400 that says whose it is."""
+    answer = client.open("/imageapi", method=method, query_string=query, data=data)
+    assert answer.status_code == 400 and said in answer.get_json()["error"]
+
+
 def test_unknown_route_and_wrong_method_answer_json(client):
     """An unknown route points at /docs, which lists the routes (it said "see / for the routes", and / is the
     page, which does not)."""

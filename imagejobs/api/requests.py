@@ -101,6 +101,25 @@ def choose_action(given: dict, default: str) -> Action:
     return ACTIONS[name]
 
 
+# What every action takes besides its own parameters.
+COMMON_PARAMETERS = (
+    frozenset(params.Source.model_fields) | frozenset(params.WaitQuery.model_fields) | {"action", "image"}
+)
+
+
+def reject_unused(given: dict, action: Action, route: str) -> None:
+    """InvalidParameter for a parameter of another action, which this one would drop without a word (width on
+    GET /imageapi, a size job, was ignored while a misspelt widht got "did you mean 'width'?")."""
+    used = COMMON_PARAMETERS | frozenset(action.params.model_fields)
+    for name in given:
+        if name not in used:
+            owners = [other.name for other in ACTIONS.values() if name in other.params.model_fields]
+            raise params.InvalidParameter(
+                f"Invalid parameter {name}: {route} runs {action.name}, which does not use it; {name} is for "
+                f"{' and '.join(owners)} (POST /imageapi with action={owners[0]})."
+            )
+
+
 def named_images(given: dict, job_id: str) -> tuple[list[str], bool, str]:
     """(images: paths relative to the root, or URLs; whether they make a batch; what the user named).
     Uploads are stored, and the job's inputs (uploads, downloads) recorded as the client's."""

@@ -30,6 +30,7 @@ def enqueue(default_action: str):
     (200, as GET /result gives) if it ends within S seconds - one request from submit to result."""
     given = requests.values()
     action = requests.choose_action(given, default_action)
+    requests.reject_unused(given, action, f"{request.method} /imageapi")
     options = params.validate(action.params, given)
     wait = params.validate(params.WaitQuery, given).wait
     source = params.validate(params.Source, given)
