@@ -13,6 +13,7 @@ import warnings
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import GifImagePlugin, ImageFile, TiffImagePlugin
 from PIL import Image as PILImage
@@ -487,14 +488,40 @@ def test_stretch_ignores_the_aspect_ratio(tmp_path):
     assert thumb.getpixel((0, 40)) == (255, 0, 0) and thumb.getpixel((9, 40)) == (0, 0, 255)
 
 
-@pytest.mark.parametrize(("fit", "decoded"), [("contain", (240, 160)), ("cover", (480, 320)), ("stretch", (480, 320))])
-def test_jpeg_is_decoded_reduced_never_at_full_size(tmp_path, monkeypatch, fit, decoded):
-    # draft(): a 1920x1280 JPEG to 100x100 is decoded at 1/8 (contain) or 1/4 (cover, stretch:
-    # the crop or the short side still needs twice the output pixels), never at 1920x1280.
+@pytest.mark.parametrize(
+    ("box", "fit", "decoded"),
+    [
+        (100, "contain", (240, 160)),
+        (100, "cover", (240, 160)),  # the 150x100 crop of 240x160 still holds the output
+        (100, "stretch", (240, 160)),
+        (256, "contain", (480, 320)),
+        (512, "contain", (960, 640)),
+        (512, "cover", (960, 640)),  # 768x512 of it is cropped
+        (1024, "contain", (1920, 1280)),  # 960 would be less than the output: decoded whole
+    ],
+)
+def test_jpeg_is_decoded_as_small_as_keeps_the_output_size(tmp_path, monkeypatch, box, fit, decoded):
+    """draft(): a 1920x1280 JPEG is decoded at the deepest DCT scale (1/2, 1/4, 1/8) that leaves at least the
+    output's size. Before, it asked for twice the output: a 512 px box decoded the whole 1920x1280, and the
+    thumbnail cost 2.2 times the CPU for 0.1 dB more (bench/engine.py)."""
     path = big_jpeg(tmp_path)
     sizes = decoded_sizes(monkeypatch)
-    assert Image.make_thumbnail(path, tmp_path / "t.jpg", fit=fit)["height"] in (67, 100)
+    made = Image.make_thumbnail(path, tmp_path / "t.jpg", box, box, fit=fit)
+    assert max(made["width"], made["height"]) == box
     assert sizes == [decoded]
+
+
+@pytest.mark.parametrize("box", [100, 256, 512, 1024])
+def test_a_drafted_thumbnail_keeps_the_photos_pixels(tmp_path, box):
+    """Against one LANCZOS step from the full decode (what a slow, careful resize gives), the thumbnail made
+    from the reduced decode stays above 38 dB of PSNR at every size (measured 41-46 dB on this photo)."""
+    path = big_jpeg(tmp_path)
+    Image.make_thumbnail(path, tmp_path / "t.png", box, box, fmt="png")
+    thumb = np.asarray(opened(tmp_path / "t.png").convert("RGB"), dtype=float)
+    with PILImage.open(path) as full:
+        reference = full.convert("RGB").resize((thumb.shape[1], thumb.shape[0]), PILImage.Resampling.LANCZOS)
+    error = np.mean((thumb - np.asarray(reference, dtype=float)) ** 2)
+    assert 10 * np.log10(255**2 / error) > 38
 
 
 # --- EXIF orientation ---------------------------------------------------------------------------
@@ -533,12 +560,12 @@ def test_exif_orientation_6_large_photo_all_fits(tmp_path):
 
 
 def test_exif_rotated_jpeg_is_drafted_for_its_upright_shape(tmp_path, monkeypatch):
-    # Stored 3000x2000, shown 2000x3000: a 300x60 cover needs 600 px across the shown width, i.e.
-    # 600 of the stored height, so 1/2 (1500x1000); sizing the draft unrotated would pick 1/4.
+    # Stored 3000x2000, shown 2000x3000: a 300x60 cover needs 300 px across the shown width, i.e.
+    # 300 of the stored height, so 1/4 (750x500); sizing the draft unrotated would pick 1/8 (375x250).
     path = rotated_source(tmp_path, "JPEG", (3000, 2000))
     sizes = decoded_sizes(monkeypatch)
     assert Image.make_thumbnail(path, tmp_path / "t.jpg", 300, 60, fit="cover")["width"] == 300
-    assert sizes == [(1500, 1000)]
+    assert sizes == [(750, 500)]
 
 
 # --- modes and transparency ---------------------------------------------------------------------
