@@ -130,13 +130,20 @@ def percentile(values: list[float], q: float) -> float:
 @contextmanager
 def own_redis(data_dir: Path, appendonly: bool = False):
     """A private redis-server on a free 127.0.0.1 port; yields its URL (with a password)."""
+    with own_redis_process(data_dir, appendonly) as (url, _process):
+        yield url
+
+
+@contextmanager
+def own_redis_process(data_dir: Path, appendonly: bool = False):
+    """own_redis, yielding (its URL, its subprocess.Popen): for a bench that counts the server's CPU too."""
     port, password = embedded_redis.free_port(), secrets.token_urlsafe(16)
     assert port != 6379
     process = embedded_redis.start(Path(data_dir), port, password, appendonly=appendonly)
     url = embedded_redis.url(port, password)
     try:
         embedded_redis.wait_until_up(url, process)
-        yield url
+        yield url, process
     finally:
         process.terminate()
         try:
