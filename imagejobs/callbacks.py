@@ -3,7 +3,7 @@ would give) once the job has finished, failed or been canceled.
 
 - Signed: the header X-Imagejobs-Signature is `t=<unix time>,v1=<hex HMAC-SHA256 of "<t>." + body>` under
   the client's callback secret (GET /callbacks/secret gives a client its own). A receiver recomputes it,
-  compares in constant time, and refuses an old t (README shows how).
+  compares in constant time, and refuses an old t (docs/operations.md shows how).
 - Safe: the URL obeys the rules of imageUrl (downloads.py): refused when it is given if it leads to a
   private, loopback or link-local address (unless ALLOWED_URL_NETWORKS allows it), and checked again, on
   the address it connects to, at every attempt; no redirect is followed.

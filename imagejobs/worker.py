@@ -188,7 +188,7 @@ def _name(function) -> str:
 TASKS = {_name(function): function for function in (tasks.run_single, tasks.run_whole, batch.run_chunk, batch.finish)}
 FAILURE_CALLBACKS = {_name(function): function for function in (tasks.on_failure, batch.on_chunk_failure)}
 # The paths of the release before the imagejobs package, for jobs it queued: kept for one release, so
-# an upgrade need not wait for the queues to drain (README, "Upgrading"). Its one failure callback
+# an upgrade need not wait for the queues to drain (docs/operations.md, "Upgrading"). Its one failure callback
 # served both kinds of job.
 LEGACY_TASKS = {
     "tasks.run_single": tasks.run_single,

@@ -64,7 +64,7 @@ def receiver():
 
 
 def verified(headers: dict, body: bytes, secret: str) -> bool:
-    """How a receiver checks a callback (the README shows the same)."""
+    """How a receiver checks a callback (docs/operations.md shows the same)."""
     fields = dict(part.split("=", 1) for part in headers[callbacks.HEADER].split(","))
     expected = hmac.new(secret.encode(), f"{fields['t']}.".encode() + body, hashlib.sha256).hexdigest()
     return hmac.compare_digest(expected, fields["v1"]) and abs(time.time() - int(fields["t"])) < 300

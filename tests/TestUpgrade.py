@@ -1,7 +1,7 @@
 """An upgrade with jobs still queued: RQ stores each job's function by its import path, and the release
 before the imagejobs package wrote `tasks.run_single`, `tasks.run_chunk`, `tasks.finish_batch` and
 the failure callback `tasks.on_failure`. Its jobs, written here into Redis exactly as it wrote them,
-run on today's workers (README, "Upgrading")."""
+run on today's workers (docs/operations.md, "Upgrading")."""
 
 from rq import Callback
 from rq.job import JobStatus
