@@ -440,6 +440,29 @@ def test_a_parameter_of_another_action_is_named_not_dropped(client, method, quer
     assert answer.status_code == 400 and said in answer.get_json()["error"]
 
 
+def test_near_misses_get_a_suggestion(client, folder, images_root):
+    """action=resise and imagePath=holidays (beside a holiday folder) listed the choices or said nothing was
+    there, and suggested nothing; thumbnail, the page's name for resize, was refused."""
+    (folder / "holiday").mkdir()
+    copy_sample(PHOTO, folder / "holiday" / "a.jpg")
+    place = rel(folder, images_root)
+    answer = client.post("/imageapi", data={"imagePath": f"{place}/holidays"})
+    assert answer.status_code == 404 and answer.get_json()["error"].endswith(f"Did you mean '{place}/holiday'?")
+    answer = client.post("/imageapi", data={"imagePath": f"{place}/holiday", "action": "resise"})
+    assert answer.status_code == 400 and answer.get_json()["error"].endswith("did you mean 'resize'?")
+    answer = client.post("/imageapi", data={"imagePath": f"{place}/holiday", "action": "thumbnail", "wait": "20"})
+    assert answer.status_code == 200 and answer.get_json()["action"] == "resize"
+
+
+def test_the_outside_the_root_error_shows_a_path_of_this_root(client, folder, images_root):
+    """It said "like Japan/a.jpg", a folder no root here has; it now names an image of the root's own."""
+    copy_sample(PHOTO, folder / "a.jpg")
+    answer = client.post("/imageapi", data={"imagePath": "../../etc/passwd"})
+    said = answer.get_json()["error"]
+    example = said.rsplit("like ", 1)[1].rstrip(".")
+    assert answer.status_code == 400 and (images_root / example).is_file() and "Japan" not in said
+
+
 def test_unknown_route_and_wrong_method_answer_json(client):
     """An unknown route points at /docs, which lists the routes (it said "see / for the routes", and / is the
     page, which does not)."""

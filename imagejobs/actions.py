@@ -86,6 +86,7 @@ ACTIONS = {
 }
 DEFAULT_ACTION = "resize"  # what a POST without an action does
 READ_ACTION = "size"  # the one action GET /imageapi runs (it changes nothing on disk)
+ALIASES = {"thumbnail": "resize"}  # other names users give an action (the page calls resize "Thumbnail")
 
 # Every parameter any action takes, with where the images come from and how long to wait.
 AnyActionParams = params.merged(

@@ -230,9 +230,14 @@ def reject_unknown(given, known: frozenset[str]) -> None:
     for name in given:
         if name in known:
             continue
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-        hint = f"; did you mean {close[0]!r}?" if close else f"; this route takes {', '.join(sorted(known)) or 'none'}."
+        hint = did_you_mean(name, known) or f"; this route takes {', '.join(sorted(known)) or 'none'}."
         raise InvalidParameter(f"Unknown parameter {name!r}{hint}")
+
+
+def did_you_mean(given: str, choices) -> str:
+    """ "; did you mean 'x'?" for the choice closest to a misspelt one, or "" when none is close."""
+    close = difflib.get_close_matches(given, choices, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 REPEATABLE = frozenset({"imageUrl"})  # the one parameter a submit may give several times

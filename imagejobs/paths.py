@@ -7,6 +7,7 @@ service refuses with a sentence. A link loop, a dangling link or an unreadable f
 a user named it and left out of listings.
 """
 
+import difflib
 import errno
 import itertools
 import os
@@ -29,7 +30,11 @@ class PathRefused(ValueError):
 
 
 class PathNotFound(LookupError):
-    """The path is inside the root but nothing is there (404)."""
+    """The path is inside the root but nothing is there (404). missing: that path, when known."""
+
+    def __init__(self, message: str, missing: Path | None = None):
+        super().__init__(message)
+        self.missing = missing
 
 
 def resolve(root: Path, user_path: str, name: str = "imagePath") -> Path:
@@ -45,14 +50,58 @@ def resolve(root: Path, user_path: str, name: str = "imagePath") -> Path:
     except (RuntimeError, OSError):  # a loop of symbolic links (RuntimeError before Python 3.13, then ELOOP)
         raise PathRefused(f"{name} {user_path!r} leads into a loop of symbolic links; give another path.") from None
     if not resolved.is_relative_to(root):
-        raise PathRefused(f"{name} {user_path!r} is outside the images root; give a path inside it, like Japan/a.jpg.")
+        raise PathRefused(
+            f"{name} {user_path!r} is outside the images root; give a path inside it, like {example(root)}."
+        )
     try:
         found = resolved.exists()
     except OSError:  # a name too long for the file system, say: nothing can be there
         found = False
     if not found:
-        raise PathNotFound(f"Nothing is at {name} {relative(root, resolved)!r} under the images root.")
+        raise PathNotFound(f"Nothing is at {name} {relative(root, resolved)!r} under the images root.", resolved)
     return resolved
+
+
+OUTPUT_DIRS = frozenset({RESIZED_DIR, UPLOADS_DIR, DOWNLOADS_DIR})  # what the service writes, not what users name
+SUGGEST_AMONG = 2000  # names of a folder a suggestion looks at, at most: a refused request stays cheap
+EXAMPLE_FOLDERS = 20  # folders an example path is looked for in
+
+
+def example(root: Path) -> str:
+    """A path to show in an error: an image in one of the root's first folders of the user's own (not the
+    service's outputs, which may hold other clients' files), else in the root itself; "folder/photo.jpg" in a
+    root without images. Bounded: a refused request stays cheap."""
+    try:
+        folders = _first(root, lambda p: p.name not in OUTPUT_DIRS and p.is_dir() and not p.is_symlink())
+        for folder in [*folders[:EXAMPLE_FOLDERS], root]:
+            images = _first(folder, lambda p: is_image_name(p.name) and p.is_file() and not p.is_symlink())
+            if images:
+                return relative(root, images[0])
+    except OSError:
+        pass
+    return "folder/photo.jpg"
+
+
+def _first(folder: Path, wanted) -> list[Path]:
+    """The entries of folder that wanted accepts, by name, among its first SUGGEST_AMONG (hidden ones left out)."""
+    with os.scandir(folder) as entries:
+        names = sorted(e.name for e in itertools.islice(entries, SUGGEST_AMONG) if not e.name.startswith("."))
+    return [folder / name for name in names if wanted(folder / name)]
+
+
+def nearest_name(root: Path, missing: Path) -> str | None:
+    """The name beside a missing path that is closest to it (holidays -> holiday), as the user writes it, or
+    None. Only the missing path's own folder is looked at, and only if that folder is inside the root."""
+    folder = missing.parent
+    if not folder.is_relative_to(root) or not folder.is_dir():
+        return None
+    try:
+        with os.scandir(folder) as entries:
+            names = [e.name for e in itertools.islice(entries, SUGGEST_AMONG) if not e.name.startswith(".")]
+    except OSError:
+        return None
+    close = difflib.get_close_matches(missing.name, names, n=1, cutoff=0.75)
+    return relative(root, folder / close[0]) if close else None
 
 
 def relative(root: Path, path: Path) -> str:

@@ -287,6 +287,21 @@ def test_a_job_and_its_files_are_its_clients_alone(two_clients, folder, images_r
     assert client.get(f"/result/file?jobId={body['jobId']}", headers=alice).status_code == 200
 
 
+def test_a_path_suggestion_never_names_another_clients_upload(two_clients, images_root):
+    """A missing path suggests the closest name beside it ("Did you mean 'holiday'?"). Tried: bob names alice's
+    upload folder with its last character changed. The suggestion would have spelt out her jobId; it is left
+    out, and bob gets the plain 404, while alice gets the suggestion."""
+    client, alice, bob = two_clients
+    upload = {"image": (io.BytesIO(jpeg_bytes()), "mine.jpg"), "action": "size"}
+    job = submit(client, "POST", data=upload, content_type="multipart/form-data", headers=alice)["jobId"]
+    assert client.get(f"/result/{job}?wait=20", headers=alice).get_json()["status"] == "finished"
+    near_miss = f"uploads/{job[:-1]}{'0' if job[-1] != '0' else '1'}"
+    for headers, suggested in ((bob, False), (alice, True)):
+        answer = client.post("/imageapi", data={"imagePath": near_miss, "action": "size"}, headers=headers)
+        assert answer.status_code == 404 and ("Did you mean" in answer.get_json()["error"]) is suggested
+        assert (job in answer.get_json()["error"]) is suggested
+
+
 def test_uploads_are_their_clients_alone(two_clients, images_root):
     client, alice, bob = two_clients
     upload = {"image": (io.BytesIO(jpeg_bytes()), "mine.jpg"), "action": "size"}

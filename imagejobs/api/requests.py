@@ -5,7 +5,7 @@ from flask import request
 from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
 
 from imagejobs import callbacks, downloads, inputs, params, paths
-from imagejobs.actions import ACTIONS, Action, AnyActionParams
+from imagejobs.actions import ACTIONS, ALIASES, Action, AnyActionParams
 from imagejobs.api.context import client, redis, settings
 from imagejobs.api.errors import TooLarge
 
@@ -96,8 +96,10 @@ def checked(given: dict, strict: bool = False) -> dict:
 def choose_action(given: dict, default: str) -> Action:
     named = given.get("action", default)
     name = named.strip().lower() or default if isinstance(named, str) else repr(named)
+    name = ALIASES.get(name, name)
     if name not in ACTIONS:
-        raise params.InvalidParameter(f"Invalid parameter action: {name!r} is not one of {', '.join(ACTIONS)}.")
+        hint = params.did_you_mean(name, ACTIONS) or "."
+        raise params.InvalidParameter(f"Invalid parameter action: {name!r} is not one of {', '.join(ACTIONS)}{hint}")
     return ACTIONS[name]
 
 
@@ -207,7 +209,13 @@ def resolve(user_path: str, name: str):
     """The path a user named inside the root, if it is theirs to see (another client's uploads are, to them,
     nothing at all: the same 404)."""
     root = settings().images_root
-    target = paths.resolve(root, user_path, name)
+    try:
+        target = paths.resolve(root, user_path, name)
+    except paths.PathNotFound as exc:
+        near = paths.nearest_name(root, exc.missing) if exc.missing else None
+        if near is None or not client().sees(near):
+            raise
+        raise paths.PathNotFound(f"{exc} Did you mean {near!r}?") from None
     if not client().sees(paths.relative(root, target)):
         raise paths.PathNotFound(f"Nothing is at {name} {paths.relative(root, target)!r} under the images root.")
     return target
