@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import corpus  # noqa: E402
+import engine  # noqa: E402
 from _common import Client, Processes, RssSampler, link_or_copy, log, post_form, report, service, wait_result  # noqa: E402
 
 TARGET_GROWTH_PCT = 10.0
@@ -49,6 +50,13 @@ def main(argv=None) -> int:
         default=corpus.DEFAULT_OUT,
         help="corpus folder, made if missing (default images/bench-corpus)",
     )
+    parser.add_argument(
+        "--source",
+        choices=("corpus", "jpeg12"),
+        default="corpus",
+        help="corpus: its 1920x1280 photos; jpeg12: --batch of them as 12 MP phone-size JPEGs (bench/engine.py's)",
+    )
+    parser.add_argument("--box", type=int, default=100, help="the thumbnails' box, px (default 100)")
     args = parser.parse_args(argv)
     if not (
         1 <= args.batch <= 5000
@@ -60,8 +68,11 @@ def main(argv=None) -> int:
 
     batches = -(-args.images // args.batch)
     early_images = args.batch * -(-min(EARLY_IMAGES, args.images // 2 or 1) // args.batch)  # a batch boundary
-    corpus.ensure(args.corpus, args.batch)
-    sources = corpus.files(args.corpus, args.batch)
+    if args.source == "jpeg12":
+        sources = engine.make_sources("jpeg12", corpus.jpegs(args.corpus, args.batch))
+    else:
+        corpus.ensure(args.corpus, args.batch)
+        sources = corpus.files(args.corpus, args.batch)
     load_start = os.getloadavg()[0]
     tmp = Path(tempfile.mkdtemp(prefix="bench-memory-"))
     try:
@@ -89,7 +100,9 @@ def main(argv=None) -> int:
                             raise TimeoutError(f"only {done} of {args.images} images were done within {DEADLINE_S} s")
                         started = time.perf_counter()
                         status, body = post_form(
-                            client, "/imageapi", {"imagePath": "corpus", "width": 100, "height": 100, "force": "true"}
+                            client,
+                            "/imageapi",
+                            {"imagePath": "corpus", "width": args.box, "height": args.box, "force": "true"},
                         )
                         if status != 202:
                             raise RuntimeError(f"POST answered {status}: {body}")
@@ -134,6 +147,8 @@ def main(argv=None) -> int:
     met = worst <= TARGET_GROWTH_PCT and not replaced
     figures = {
         "images": done,
+        "source": args.source,
+        "box": args.box,
         "batch": len(sources),
         "batches": batches,
         "workers": args.workers,

@@ -23,7 +23,7 @@ SWAGGER_FILES = {"swagger-ui.css", "index.css", "swagger-ui-bundle.js", "swagger
 @blueprint.get("/openapi.json")
 @params.takes()
 def openapi_document():
-    return jsonify(openapi.document(request.script_root or "/"))
+    return jsonify(openapi.document(request.script_root or "/", tokens=bool(settings().clients)))
 
 
 @blueprint.get("/docs")

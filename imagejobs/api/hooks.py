@@ -21,6 +21,11 @@ SECRET_NAMES = re.compile(r"token|key|secret|passw|auth|sig|credential|session",
 METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}  # any other is counted as "other"
 
 
+def is_public(path: str) -> bool:
+    """Whether a route is open without a token when API_TOKENS is set."""
+    return path in PUBLIC_ROUTES or path.startswith(PUBLIC_PREFIXES)
+
+
 def start_timer():
     g.started = time.perf_counter()
 
@@ -49,7 +54,7 @@ def identify():
     if name is not None:
         g.client = Client(name, redis())
         return None
-    if request.path in PUBLIC_ROUTES or request.path.startswith(PUBLIC_PREFIXES):
+    if is_public(request.path):
         return None
     return (
         jsonify({"error": "This service needs a token: send the header Authorization: Bearer <token>."}),

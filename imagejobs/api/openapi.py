@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from imagejobs import params
 from imagejobs.actions import ACTIONS, DEFAULT_ACTION, AnyActionParams
+from imagejobs.api import hooks
 
 
 class Error(BaseModel):
@@ -242,8 +243,42 @@ def _binary(description: str, media_types) -> dict:
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "image/tiff")
 
 
-def document(server: str = "/") -> dict:
-    """The whole document, built from the models; `server` is where the service answers (its servers)."""
+# Each path's group in /docs, by resource (Swagger UI put every route under one "default" heading).
+TAGS = {
+    "Jobs": ("submit work: sizes, thumbnails, classifications, plots", ("/imageapi",)),
+    "Results": ("a job's answer, its files, and cancelling it", ("/result",)),
+    "Images": ("the folders and files under the images root", ("/images",)),
+    "Callbacks": ("signing the answers POSTed to callbackUrl", ("/callbacks",)),
+    "Service": ("health, metrics, actions, this document and the page", ("/",)),
+}
+
+
+def _tag(path: str) -> str:
+    return next(tag for tag, (_, prefixes) in TAGS.items() if path.startswith(prefixes))
+
+
+def document(server: str = "/", tokens: bool = False) -> dict:
+    """The whole document, built from the models; `server` is where the service answers (its servers).
+    With tokens (API_TOKENS set), every operation but the open ones needs a bearer token, and says so; without,
+    none does, and the document shows no lock."""
+    built = _document(server)
+    for path, item in built["paths"].items():
+        for operation in item.values():
+            operation["tags"] = [_tag(path)]
+    built["tags"] = [{"name": tag, "description": text} for tag, (text, _) in TAGS.items()]
+    if tokens:
+        built["components"]["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer", "description": "a token of API_TOKENS"}
+        }
+        built["security"] = [{"bearer": []}]
+        for path, item in built["paths"].items():
+            if hooks.is_public(path):
+                for operation in item.values():
+                    operation["security"] = [{}]
+    return built
+
+
+def _document(server: str) -> dict:
     fields = {"action": ACTION, **_properties(AnyActionParams)}
     # In a JSON body, null means "not given" (the query's value or the default applies).
     body = {
@@ -447,10 +482,6 @@ def document(server: str = "/") -> dict:
         },
         "components": {
             "schemas": {model.__name__: _schema(model) for model in MODELS},
-            "securitySchemes": {
-                "bearer": {"type": "http", "scheme": "bearer", "description": "when API_TOKENS is set"}
-            },
         },
-        "security": [{}, {"bearer": []}],
         "servers": [{"url": server, "description": "this service"}],
     }
