@@ -100,8 +100,11 @@ def describe(redis: Redis, job: Job, read: Result | None = None) -> tuple[int, d
     if canceled is not None:
         body.update(status="canceled", endedAt=canceled)
         if is_batch:
-            body["progress"] = batch.progress(redis, job.id)
-            body["entries"] = batch.made(redis, job.id)
+            progress = batch.progress(redis, job.id)
+            made = batch.made(redis, job.id)
+            # In result.images, where a finished batch has its entries. "entries" (the same list) is kept for
+            # clients written before; it goes in a later release.
+            body.update(progress=progress, result={**progress, "images": made}, entries=made)
         return 200, body
     if status == JobStatus.FINISHED and ended is not None:
         body["result"] = ended.return_value

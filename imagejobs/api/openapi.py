@@ -54,11 +54,16 @@ class JobAnswer(BaseModel):
     enqueuedAt: str | None
     startedAt: str | None
     endedAt: str | None = Field(description="when it ended: finished, failed, or was canceled")
-    result: dict[str, Any] | None = Field(None, description="once finished: the action's result")
+    result: dict[str, Any] | None = Field(
+        None, description="once finished: the action's result; a canceled batch's: its progress and the images made"
+    )
     error: str | None = Field(None, description="once failed: one sentence a user can act on")
     progress: Progress | None = Field(None, description="while a batch runs, and once it was canceled")
     entries: list[dict[str, Any]] | None = Field(
-        None, description="a canceled batch: the entries made before the cancel, in the order of their images"
+        None,
+        deprecated=True,
+        description="a canceled batch: the entries made before the cancel (result.images has them, as a finished "
+        "batch's; this copy goes in a later release)",
     )
     callback: Callback | None = Field(None, description="with callbackUrl: its delivery's outcome so far")
     reused: bool | None = Field(
@@ -230,7 +235,7 @@ def _cancel(operation_id: str, job_id: dict) -> dict:
         "summary": "Cancel a job: a queued job never runs, a running batch starts no new image; what is done is kept",
         "parameters": [job_id],
         "responses": {
-            "200": _json(JobAnswer, "canceled: the job's answer (status canceled, a batch's progress and entries)"),
+            "200": _json(JobAnswer, "canceled: its answer (a batch's progress, and its entries in result.images)"),
             **_errors(400, 404, 409),
         },
     }

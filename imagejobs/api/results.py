@@ -77,13 +77,11 @@ def result_file():
         )
     _, body = answers.describe(redis(), job)
     result = body.get("result") or {}
-    if body["status"] == "canceled" and isinstance(body.get("entries"), list):  # a canceled batch: what it made
-        if query.index is not None:
-            raise paths.PathNotFound(
-                f"Job {job.id} was canceled, so its entries are not numbered by image: download them all "
-                "(without index), or one by its path: /images/file?path=<the entry's path>."
-            )
-        result = {"images": body["entries"]}
+    if body["status"] == "canceled" and query.index is not None and isinstance(result.get("images"), list):
+        raise paths.PathNotFound(
+            f"Job {job.id} was canceled, so its entries are not numbered by image: download them all "
+            "(without index), or one by its path: /images/file?path=<the entry's path>."
+        )
     if query.index is None and isinstance(result.get("images"), list):
         return zipped(job.id, result["images"])
     made = made_file(result, query.index)

@@ -37,8 +37,8 @@ export function resultView(job, result, files) {
 export function canceledView(job, answer, files) {
   const progress = answer.progress;
   if (!progress) return h("p", { class: "hint", text: "Canceled: the job stopped before it made a result." });
-  const entries = Array.isArray(answer.entries) ? answer.entries : [];
-  return batchView(job, { total: progress.total, done: progress.done, failed: progress.failed, images: entries }, files, true);
+  const images = Array.isArray(answer.result?.images) ? answer.result.images : [];
+  return batchView(job, { total: progress.total, done: progress.done, failed: progress.failed, images }, files, true);
 }
 
 /** An image the service serves, fetched as a blob (so the token goes along), with a download link. */
@@ -117,7 +117,7 @@ function batchView(job, result, files, canceled) {
     failed ? h("span", { class: "error-text", text: `, ${number(failed)} failed` }) : null, ".");
   const thumbnails = kind.name === "thumbnails";
   const parts = [summary];
-  if (thumbnails && !canceled && done > 0) parts.push(zipDownload(job, done, files));
+  if (thumbnails && done > 0) parts.push(zipDownload(job, done, files));  // a canceled batch's: what it made
   if (entries.length) parts.push(pagedEntries(job, entries, files, kind));
   else if (canceled) parts.push(h("p", { class: "hint", text: "No image was done before the cancel." }));
   if (thumbnails) {
