@@ -264,6 +264,23 @@ def test_keyboard_alone_picks_a_file_submits_it_and_gets_the_thumbnail(page):
     shot(page, "keyboard-thumbnail")
 
 
+def test_the_folder_picker_sets_the_services_own_folders_apart(page, running):
+    """resized/, uploads/ and downloads/ were listed among the user's folders, so a thumbnail of thumbnails was
+    one click away; they now come last, under a heading of their own, and the user's folders first."""
+    (running.images / "resized").mkdir(exist_ok=True)
+    (running.images / "uploads").mkdir(exist_ok=True)
+    choose(page, "source", "path")
+    page.get_by_role("button", name="Browse").click()
+    entries = page.locator("#browser-entries li")
+    expect(page.locator("#browser-entries .outputs-heading")).to_have_text(
+        "Made by the service (thumbnails, uploads, downloads):"
+    )
+    texts = entries.all_inner_texts()
+    heading = texts.index("Made by the service (thumbnails, uploads, downloads):")
+    assert texts[heading + 1 :] == ["resized/", "uploads/"] and "batch/" in texts[:heading], texts
+    shot(page, "folder-picker")
+
+
 def test_a_folder_batch_reaches_its_total_and_the_text_file_fails_alone(page):
     choose(page, "source", "path")
     page.get_by_role("button", name="Folder batch: open and choose it").click()

@@ -21,7 +21,10 @@ def browse_images():
     if not folder.is_dir():
         raise params.InvalidParameter(f"path {paths.relative(root, folder)!r} is a file, not a folder.")
     folders, images = paths.browse(root, folder, client().sees)
-    return jsonify({"path": paths.relative(root, folder), "folders": folders, "images": images})
+    # The service's own output folders (thumbnails, uploads, downloads), so the page can set them apart from the
+    # user's: a thumbnail of thumbnails was one click away among the inputs.
+    outputs = [name for name in folders if folder == root and name in paths.OUTPUT_DIRS]
+    return jsonify({"path": paths.relative(root, folder), "folders": folders, "images": images, "outputs": outputs})
 
 
 @blueprint.get("/images/file")

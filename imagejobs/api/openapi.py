@@ -74,6 +74,9 @@ class JobAnswer(BaseModel):
 class Listing(BaseModel):
     path: str = Field(description="the folder, relative to the images root ('.' for the root)")
     folders: list[str]
+    outputs: list[str] = Field(
+        description="those of the folders the service writes (resized, uploads, downloads): in the root only"
+    )
     images: list[str]
 
 

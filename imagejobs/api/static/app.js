@@ -179,16 +179,18 @@ async function browse(path, focus = true) {
   $("browser-up").disabled = browserPath === ".";
   const entries = $("browser-entries");
   entries.replaceChildren();
-  const folders = listing.folders || [];
+  const outputs = listing.outputs || [];
+  const folders = (listing.folders || []).filter((name) => !outputs.includes(name));
   const images = listing.images || [];
   const shown = 300;
-  for (const name of folders.slice(0, shown)) {
+  const folderEntry = (name) => {
     const target = joinPath(browserPath, name);
-    entries.append(h("li", {}, h("button", {
+    return h("li", {}, h("button", {
       type: "button", class: "entry folder", "data-path": target, "aria-label": `Folder ${name}: open and choose it`,
       onclick: () => { choosePath(target); browse(target); },
-    }, icon("folder"), h("span", { text: `${name}/` }))));
-  }
+    }, icon("folder"), h("span", { text: `${name}/` })));
+  };
+  for (const name of folders.slice(0, shown)) entries.append(folderEntry(name));
   for (const name of images.slice(0, Math.max(0, shown - folders.length))) {
     const target = joinPath(browserPath, name);
     entries.append(h("li", {}, h("button", {
@@ -198,6 +200,10 @@ async function browse(path, focus = true) {
     }, icon("image"), h("span", { text: name }))));
   }
   if (!folders.length && !images.length) entries.append(h("li", { class: "hint", text: "This folder holds no folders or images." }));
+  if (outputs.length) {
+    entries.append(h("li", { class: "hint outputs-heading", text: "Made by the service (thumbnails, uploads, downloads):" }));
+    for (const name of outputs) entries.append(folderEntry(name));
+  }
   const more = folders.length + images.length - shown;
   $("browser-more").hidden = more <= 0;
   $("browser-more").textContent = more > 0 ? `and ${more} more: type the path above.` : "";
