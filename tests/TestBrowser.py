@@ -323,6 +323,10 @@ def test_classifying_the_castle_says_castle(page):
     expect(labels.first).to_have_text("castle")
     assert float(job.locator(".predictions .score").first.inner_text().rstrip(" %")) > 30
     expect(job.locator(".classification")).to_contain_text("efficientnet-lite0")
+    # the picture beside its labels (there was none)
+    picture = job.locator(".classification img.classified")
+    expect(picture).to_have_attribute("alt", "The classified image, castle_image.jpg")
+    image_loaded(page, ".job .classification img.classified")
     shot(page, "classify")
 
 

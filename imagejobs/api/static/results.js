@@ -23,7 +23,7 @@ export function resultView(job, result, files) {
     return fileFigure(result.plot, `Chart: ${job.title}`, `plot-${job.id}.png`,
       files, "plot", null, "Download the PNG");
   }
-  if (Array.isArray(result.predictions)) return predictionsView(result);
+  if (Array.isArray(result.predictions)) return predictionsView(job, result, files);
   if (typeof result.path === "string") {
     const name = baseName(result.path);
     return fileFigure(`/result/file?jobId=${encodeURIComponent(job.id)}`, `Thumbnail of ${job.subject}, ${result.width} by ${result.height} pixels`,
@@ -64,10 +64,23 @@ function fileFigure(path, alt, downloadName, files, kind, caption, linkText) {
   return figure;
 }
 
-function predictionsView(result) {
+/** Labels with score bars, beside the picture they are about when the page can name it (a path under the root). */
+function predictionsView(job, result, files) {
+  const picture = job.source === "path" && job.subject
+    ? pictureOf(`/images/file?path=${encodeURIComponent(job.subject)}`, `The classified image, ${job.subject}`, files)
+    : null;
   return h("div", { class: "classification" },
-    predictionList(result.predictions),
-    result.model ? h("p", { class: "hint", text: `Model: ${result.model}` }) : null);
+    picture,
+    h("div", {},
+      predictionList(result.predictions),
+      result.model ? h("p", { class: "hint", text: `Model: ${result.model}` }) : null));
+}
+
+/** An image the service serves, shown small; left out quietly if it cannot be fetched (deleted since, say). */
+function pictureOf(path, alt, files) {
+  const img = h("img", { alt, class: "classified", decoding: "async" });
+  files.load(path).then((url) => { img.src = url; }, () => img.remove());
+  return img;
 }
 
 function predictionList(predictions) {
