@@ -388,15 +388,42 @@ form.addEventListener("submit", async (event) => {
     formError(await errorSentence(response));
     return;
   }
-  const answer = await readJson(response);
+  queued(request, await readJson(response));
+});
+
+/** A job the service queued for a request: listed, announced, kept. A path's or URLs' request is kept with it
+ * (its JSON body), so the job can be redone; uploads cannot (the files are not kept by the page). */
+function queued(request, answer) {
   const job = {
     id: answer.jobId, action: answer.action || request.action,
     title: `${titleOf(actionNamed(request.action), request.options)} of ${request.subject}`,
     subject: request.subject, detail: request.detail, source: request.source, submitted: new Date().toISOString(),
+    redo: request.source === "upload" ? null : { url: request.url, body: JSON.parse(request.init.body) },
   };
   addJob(job, true);
   announce(`Job queued: ${job.title}.`);
-});
+}
+
+/** Redo an ended job: the same request with force=true, so every image is worked again, not reused. */
+async function redoJob(row) {
+  const { url, body } = row.job.redo;
+  const init = { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ ...body, force: true }) };
+  let response;
+  try {
+    response = await api(url, init);
+  } catch (exc) {
+    row.setNote(`The service did not answer the redo (${exc.message}); try again.`);
+    return;
+  }
+  if (response.status !== 202) {
+    row.setNote(`The redo was refused: ${await errorSentence(response)}`);
+    return;
+  }
+  const answer = await readJson(response);
+  const job = { ...row.job, id: answer.jobId, submitted: new Date().toISOString(), detail: "redone: every image again" };
+  addJob(job, true);
+  announce(`Job queued again: ${job.title}.`);
+}
 
 function formError(message) {
   $("form-error").replaceChildren(h("p", { class: "error-title", text: "The service refused the job:" }), h("p", { text: message }));
@@ -480,10 +507,15 @@ class JobRow {
     const time = new Date(job.submitted);
     this.timing = h("span", { class: "timing" });
     this.title = h("h3", { id: titleId, class: "job-title", text: job.title, tabindex: "-1" });
+    this.redoButton = job.redo ? h("button", {
+      type: "button", class: "secondary small redo", text: "Redo", hidden: true,
+      "aria-label": `Redo “${job.title}”: every image again`, onclick: () => redoJob(this),
+    }) : null;
     this.element = h("li", { class: "job", "data-job-id": job.id },
       h("div", { class: "job-head" },
         this.title,
         this.badge,
+        this.redoButton,
         h("button", {
           type: "button", class: "icon-button", "aria-label": `Remove “${job.title}” from the list`, title: "Remove from the list",
           onclick: () => removeJob(job.id, true),
@@ -511,6 +543,7 @@ class JobRow {
     this.status = status;
     this.element.dataset.status = status;
     this.badge.textContent = STATUS_TEXT[status] || status;
+    if (this.redoButton) this.redoButton.hidden = !this.ended;
     if (!quiet && !this.quiet) announce(`${this.job.title}: ${STATUS_TEXT[status].toLowerCase()}.`);
     if (!quiet) this.quiet = false;
     updateClearButton();
