@@ -30,7 +30,7 @@ PHOTOS = {  # name: (width, height, Pillow format, mode)
 }
 LIMIT = 50_000_000
 MB = 1024 * 1024
-NOT_AN_IMAGE = "The file is not an image Pillow can read (JPEG, PNG, WebP, GIF, BMP or TIFF)."
+NOT_AN_IMAGE = "The file is not an image Pillow can read (JPEG, PNG, WebP, AVIF, GIF, BMP or TIFF)."
 CORRUPT = "The image data is truncated or corrupt."
 
 
@@ -605,6 +605,8 @@ def test_every_source_mode_into_every_format(tmp_path, mode, fmt):
         expected = "L" if mode in GREY_MODES else "RGB"
     elif fmt == "png":
         expected = ("LA" if alpha else "L") if mode in GREY_MODES else ("RGBA" if alpha else "RGB")
+    elif fmt == "avif":  # AVIF holds grey (4:0:0), but grey with alpha comes back RGBA
+        expected = "RGBA" if alpha else ("L" if mode in GREY_MODES else "RGB")
     else:  # WebP holds only RGB and RGBA
         expected = "RGBA" if alpha else "RGB"
     assert thumb.mode == expected
@@ -771,8 +773,50 @@ def test_bad_arguments_are_value_errors(tmp_path):
 
 
 def test_constants():
-    assert Image.FORMATS == ("jpeg", "png", "webp")
-    assert Image.IMAGE_EXTENSIONS == {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+    assert Image.FORMATS == ("jpeg", "png", "webp", "avif")
+    assert Image.IMAGE_EXTENSIONS == {".jpg", ".jpeg", ".png", ".webp", ".avif", ".gif", ".bmp", ".tif", ".tiff"}
+
+
+# --- AVIF ----------------------------------------------------------------------------------------
+
+
+def test_avif_in_and_out(tmp_path):
+    """AVIF was neither read nor written. A photo saved as AVIF is sized from its header, thumbnailed into an
+    AVIF (its format family kept by default) whose pixels match the photo's, and format=avif turns a JPEG
+    into one."""
+    with PILImage.open(TESTDATA / "castle_image.jpg") as photo:
+        photo.save(tmp_path / "castle.avif", quality=90)
+        reference = photo.convert("RGB").resize((100, 60), PILImage.Resampling.LANCZOS)
+    assert Image.read_size(tmp_path / "castle.avif", LIMIT) == {
+        "width": 800,
+        "height": 480,
+        "format": "AVIF",
+        "mode": "RGB",
+    }
+    made = Image.make_thumbnail(tmp_path / "castle.avif", lambda ext: str(tmp_path / f"t{ext}"), 100, 100)
+    assert made == {"width": 100, "height": 60, "format": "AVIF"}
+    thumb = np.asarray(opened(tmp_path / "t.avif").convert("RGB"), dtype=float)
+    assert 10 * np.log10(255**2 / np.mean((thumb - np.asarray(reference, dtype=float)) ** 2)) > 28
+    made = Image.make_thumbnail(TESTDATA / "castle_image.jpg", tmp_path / "j.avif", 64, 64, fmt="avif")
+    assert made["format"] == "AVIF" and opened(tmp_path / "j.avif").format == "AVIF"
+
+
+def test_a_truncated_avif_is_corrupt_and_a_huge_one_is_refused_before_decoding(tmp_path):
+    """The hostile cases of the new format: half an AVIF file is "corrupt" (nothing written); an AVIF whose
+    header claims more pixels than the limit is refused by the limit, before any pixel is decoded."""
+    with PILImage.open(TESTDATA / "castle_image.jpg") as photo:
+        photo.save(tmp_path / "castle.avif")
+        PILImage.new("RGB", (3000, 2000), "teal").save(tmp_path / "big.avif", speed=10)
+    data = (tmp_path / "castle.avif").read_bytes()
+    half = write(tmp_path / "half.avif", data[: len(data) // 2])
+    (tmp_path / "out").mkdir()
+    assert image_error(Image.make_thumbnail, half, tmp_path / "out" / "t.avif") in (CORRUPT, NOT_AN_IMAGE)
+    assert_only(tmp_path / "out")
+    refused = image_error(
+        Image.make_thumbnail, tmp_path / "big.avif", tmp_path / "out" / "b.avif", max_pixels=1_000_000
+    )
+    assert "pixels" in refused
+    assert_only(tmp_path / "out")
 
 
 # --- names, atomic writes, idempotency ----------------------------------------------------------

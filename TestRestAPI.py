@@ -488,7 +488,8 @@ def test_browsing_folders_stays_inside_the_root(client, folder, images_root):
     (folder / "out").symlink_to("/etc")
     answer = client.get("/images", query_string={"path": rel(folder, images_root)})
     assert answer.status_code == 200
-    assert answer.get_json() == {"path": rel(folder, images_root), "folders": ["sub"], "images": ["a.jpg"]}
+    listing = answer.get_json()
+    assert listing == {"path": rel(folder, images_root), "folders": ["sub"], "images": ["a.jpg"], "outputs": []}
     assert client.get("/images").get_json()["path"] == "."
     for outside in ("..", "/etc", f"{rel(folder, images_root)}/out"):
         answer = client.get("/images", query_string={"path": outside})

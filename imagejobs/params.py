@@ -82,7 +82,9 @@ class ResizeParams(Params):
         None,
         title="Format",
         description="output format; default: the source's",
-        json_schema_extra=shown(labels={"jpeg": "JPEG", "png": "PNG", "webp": "WebP"}, unset="as the source"),
+        json_schema_extra=shown(
+            labels={"jpeg": "JPEG", "png": "PNG", "webp": "WebP", "avif": "AVIF"}, unset="as the source"
+        ),
     )
 
     @field_validator("format", "fit", mode="before")
