@@ -9,6 +9,7 @@ a user named it and left out of listings.
 
 import difflib
 import errno
+import heapq
 import itertools
 import os
 import unicodedata
@@ -70,23 +71,25 @@ EXAMPLE_FOLDERS = 20  # folders an example path is looked for in
 def example(root: Path) -> str:
     """A path to show in an error: an image in one of the root's first folders of the user's own (not the
     service's outputs, which may hold other clients' files), else in the root itself; "folder/photo.jpg" in a
-    root without images. Bounded: a refused request stays cheap."""
+    root without images. Bounded, and read from the folders' listings alone (no stat an entry): anyone may
+    send a path outside the root, so a refused request must stay cheap."""
     try:
-        folders = _first(root, lambda p: p.name not in OUTPUT_DIRS and p.is_dir() and not p.is_symlink())
-        for folder in [*folders[:EXAMPLE_FOLDERS], root]:
-            images = _first(folder, lambda p: is_image_name(p.name) and p.is_file() and not p.is_symlink())
+        folders = _first_names(root, lambda e: e.name not in OUTPUT_DIRS and e.is_dir(follow_symlinks=False))
+        for folder in [*(root / name for name in folders[:EXAMPLE_FOLDERS]), root]:
+            images = _first_names(folder, lambda e: is_image_name(e.name) and e.is_file(follow_symlinks=False), 1)
             if images:
-                return relative(root, images[0])
+                return relative(root, folder / images[0])
     except OSError:
         pass
     return "folder/photo.jpg"
 
 
-def _first(folder: Path, wanted) -> list[Path]:
-    """The entries of folder that wanted accepts, by name, among its first SUGGEST_AMONG (hidden ones left out)."""
+def _first_names(folder: Path, wanted: Callable[[os.DirEntry], bool], most: int = EXAMPLE_FOLDERS) -> list[str]:
+    """The first `most` names, in order, of the entries of folder that wanted accepts, among its first
+    SUGGEST_AMONG (hidden ones left out)."""
     with os.scandir(folder) as entries:
-        names = sorted(e.name for e in itertools.islice(entries, SUGGEST_AMONG) if not e.name.startswith("."))
-    return [folder / name for name in names if wanted(folder / name)]
+        found = [e.name for e in itertools.islice(entries, SUGGEST_AMONG) if not e.name.startswith(".") and wanted(e)]
+    return heapq.nsmallest(most, found)
 
 
 def nearest_name(root: Path, missing: Path) -> str | None:
