@@ -29,8 +29,9 @@ import requests
 from PIL import Image
 
 from imagejobs.embedded_redis import free_port
-from tests.engines import ENGINES, ROOT, Unavailable, run
+from tests.engines import ENGINES, ROOT, Unavailable
 from tests.support import JPEG
+from tests.support import run_command as run
 
 APP_UID = APP_GID = 1000  # the compose file's default APP_UID/APP_GID: the owner of ./images and ./logs
 APP_SERVICES = ("api", "worker", "classifier")

@@ -18,7 +18,6 @@ the test is skipped, saying so, when the package index cannot be reached.
 import functools
 import os
 import re
-import subprocess
 import sys
 import venv
 from pathlib import Path
@@ -26,16 +25,16 @@ from pathlib import Path
 import pytest
 
 from tests import dockerfile
+from tests.support import run_command
 from tests.TestRequirements import index_unreachable
 
 ROOT = Path(__file__).resolve().parents[1]
 INSTALL_TIMEOUT = 900
 
 
-def run(argv, env=None, timeout=INSTALL_TIMEOUT):
-    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, f"{' '.join(map(str, argv))}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    return done.stdout
+def run(argv, env=None, timeout=INSTALL_TIMEOUT) -> str:
+    """What a command in the repository printed; AssertionError with its output if it failed."""
+    return run_command(argv, env=env, timeout=timeout, cwd=ROOT).stdout
 
 
 @functools.cache

@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "deploy" / "offline"))
 import base_images  # noqa: E402  (a script of deploy/, not a package)
 
+from tests.support import run_command as run  # noqa: E402
+
 # As root, each engine keeps the tests' images and build cache here, apart from the machine's own, between runs.
 STATE = Path("/var/lib/imageresize-tests")
 PODMAN_CONF = """[containers]
@@ -42,17 +44,6 @@ HEALTHCHECK_EVERY = 3  # seconds between the podman healthcheck loop's rounds
 
 class Unavailable(Exception):
     """Why this engine cannot be had here, in one sentence."""
-
-
-def run(argv, env=None, timeout=600, check=True, cwd=None) -> subprocess.CompletedProcess:
-    """A command's outcome, its output captured; AssertionError with the output's end if it fails and check."""
-    done = subprocess.run(
-        argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
-    )
-    if check and done.returncode != 0:
-        said = f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
-        raise AssertionError(f"{' '.join(map(str, argv))} exited {done.returncode}:\n{said}")
-    return done
 
 
 class Engine:

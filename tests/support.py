@@ -33,6 +33,17 @@ MB = 1024 * 1024
 # --- files and processes ------------------------------------------------------------------------------
 
 
+def run_command(argv, env=None, timeout=600, check=True, cwd=None) -> subprocess.CompletedProcess:
+    """A command's outcome, its output captured; AssertionError with the output's end if it fails and check."""
+    done = subprocess.run(
+        argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
+    if check and done.returncode != 0:
+        said = f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+        raise AssertionError(f"{' '.join(map(str, argv))} exited {done.returncode}:\n{said}")
+    return done
+
+
 def copy_sample(name: str, dest: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_bytes((TESTDATA / name).read_bytes())
