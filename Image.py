@@ -13,35 +13,81 @@ import re
 import stat
 import struct
 import warnings
+from dataclasses import dataclass
 
+import pillow_heif
 from PIL import ExifTags, Image, ImageCms, ImageMode, ImageOps
+
+# HEIC/HEIF through pillow-heif (libheif): the primary image only; its thumbnails, depth maps and auxiliary
+# images are neither listed nor decoded.
+pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
 
 
 class ImageError(Exception):
     """A problem with one image. str(exc) is ONE sentence a user can act on. It never contains a file path."""
 
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".avif", ".gif", ".bmp", ".tif", ".tiff"})
-FORMATS = ("jpeg", "png", "webp", "avif")
+@dataclass(frozen=True)
+class _Format:
+    """A format the service reads: what users call it, its media type and file extensions (the first is what a
+    downloaded file of it without one gets), what its decoder allocates besides
+    the image (bytes a pixel, measured as peak RSS with Pillow 13; None: Pillow's tile list tells, see
+    _tile_buffer_bytes), the output its thumbnails get by default (None: png), and whether its files may be
+    animations (a multi-page TIFF is not one)."""
+
+    label: str
+    media_type: str
+    extensions: tuple[str, ...]
+    decoder_bytes_per_pixel: float | None = None
+    default_output: str | None = None
+    animates: bool = False
+
+
+# The formats the service reads, by Pillow's name; Image.open tries these, in this order, and nothing else
+# (so an upload is never handed to, say, the EPS plugin, which runs Ghostscript). Adding a format is one entry.
+READ_FORMATS = {
+    "JPEG": _Format("JPEG", "image/jpeg", (".jpg", ".jpeg"), default_output="jpeg"),
+    "PNG": _Format("PNG", "image/png", (".png",), default_output="png", animates=True),  # APNG
+    # WebP: no tile before load(); libwebp's two RGBA canvases and the frame's bytes.
+    "WEBP": _Format("WebP", "image/webp", (".webp",), 12, "webp", animates=True),
+    # AVIF: libavif's YUV planes, at most 4:4:4 in 16 bits, and alpha.
+    "AVIF": _Format("AVIF", "image/avif", (".avif",), 8, "avif", animates=True),
+    # HEIC: libheif's planes, as AVIF's (measured 4 a pixel at 8 bits). Thumbnails are JPEG: browsers but
+    # Safari cannot show HEIC, and writing HEVC needs an encoder the wheels do not all carry.
+    "HEIF": _Format("HEIC", "image/heic", (".heic", ".heif"), 8, "jpeg"),
+    # GIF: a still one becomes PNG (no 256-colour palette to fit into); an animated one stays GIF.
+    "GIF": _Format("GIF", "image/gif", (".gif",), animates=True),
+    "BMP": _Format("BMP", "image/bmp", (".bmp",)),
+    "TIFF": _Format("TIFF", "image/tiff", (".tif", ".tiff")),
+}
+_SAME_AS = {"MPO": "JPEG"}  # what Pillow calls many camera JPEGs
+IMAGE_EXTENSIONS = frozenset(extension for fmt in READ_FORMATS.values() for extension in fmt.extensions)
+# Served files' media types by extension: Python's mimetypes knows no .webp without the system's mime.types,
+# which a slim container lacks.
+MEDIA_TYPES = {extension: fmt.media_type for fmt in READ_FORMATS.values() for extension in fmt.extensions}
+# Raised when what the engine makes of the same image and parameters changes (3: animations kept, HEIC read):
+# results remembered under an earlier version are made again (imagejobs/reuse.py).
+ENGINE_VERSION = 3
+FORMATS = ("jpeg", "png", "webp", "avif", "gif")
+ANIMATED_FORMATS = frozenset({"png", "webp", "avif", "gif"})  # outputs that keep an animation
+FRAMES = ("all", "first")
 FITS = ("contain", "cover", "stretch")
 DEFAULT_MAX_PIXELS = 50_000_000
 # What one decode may allocate: the image and its decoder's buffers (see _decode_bytes).
 DEFAULT_MAX_DECODE_BYTES = 256 * 1024 * 1024
+DEFAULT_MAX_FRAMES = 1000
 # The largest ICC profile a thumbnail carries; a larger one is applied to the pixels instead (see _fit_profile).
 MAX_EMBEDDED_ICC = 64 * 1024
 
-# The decoders Image.open may try: the formats IMAGE_EXTENSIONS stands for, nothing more
-# (so an upload is never handed to, say, the EPS plugin, which runs Ghostscript).
-_DECODERS = ("JPEG", "PNG", "WEBP", "AVIF", "GIF", "BMP", "TIFF")
-_NOT_AN_IMAGE = "The file is not an image Pillow can read (JPEG, PNG, WebP, AVIF, GIF, BMP or TIFF)."
+_LABELS = [fmt.label for fmt in READ_FORMATS.values()]
+_NOT_AN_IMAGE = f"The file is not an image Pillow can read ({', '.join(_LABELS[:-1])} or {_LABELS[-1]})."
 _CORRUPT = "The image data is truncated or corrupt."
 # What Pillow raises for bad bytes, in Image.open or while decoding. OSError with an errno
 # set is the operating system failing to read the file instead (see _read_error).
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error)
 
-_SOURCE_FORMATS = {"JPEG": "jpeg", "MPO": "jpeg", "PNG": "png", "WEBP": "webp", "AVIF": "avif"}  # MPO: camera JPEG
-_PILLOW_NAMES = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "avif": "AVIF"}
-_EXTENSIONS = {"jpeg": ".jpg", "png": ".png", "webp": ".webp", "avif": ".avif"}
+_PILLOW_NAMES = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "avif": "AVIF", "gif": "GIF"}
+OUTPUT_EXTENSIONS = {"jpeg": ".jpg", "png": ".png", "webp": ".webp", "avif": ".avif", "gif": ".gif"}
 # Tuned for speed: no JPEG optimize pass, WebP's fastest method. WebP at 85 as JPEG: at 80 its thumbnails were
 # 0.3-0.7 dB below thumbor's (which resamples with LANCZOS); 85 gives 0.4-0.5 dB above, at the same CPU
 # (bench/engine.py; methods 2 and 4 cost more and gained nothing). AVIF at speed 8: a 512 px thumbnail's
@@ -52,6 +98,7 @@ _SAVE_OPTIONS = {
     "png": {},
     "webp": {"quality": 85, "method": 0},
     "avif": {"quality": 75, "speed": 8},
+    "gif": {},
 }
 # A JPEG is decoded scaled by 1/2, 1/4 or 1/8 (DCT scaling: a fraction of a full decode's cost) as far as
 # leaves at least the output's size, as thumbor does; the decoded image is then between one and two times the
@@ -72,20 +119,31 @@ _SRGB = ImageCms.createProfile("sRGB")
 
 
 def read_size(path, max_pixels: int) -> dict:
-    """{"width", "height", "format", "mode"} from the header only (pixels are never decoded).
+    """{"width", "height", "format", "mode"} from the header only (pixels are never decoded), and "frames"
+    for an animation (its frames' headers are read to count them).
 
-    format is Pillow's name, e.g. "JPEG". The size is the stored one, before any EXIF rotation.
+    format is Pillow's name, e.g. "JPEG". The size is the stored one, before any EXIF rotation (a HEIC's
+    is upright already: libheif applies its rotation).
     """
     with _opened(path, max_pixels) as img:
-        return {"width": img.width, "height": img.height, "format": img.format, "mode": img.mode}
+        size = {"width": img.width, "height": img.height, "format": img.format, "mode": img.mode}
+        frames = _frame_count(img)
+        return {**size, "frames": frames} if frames > 1 else size
 
 
-def output_extension(src_format, fmt) -> str:
-    """The extension (".jpg", ".png" or ".webp") of what make_thumbnail writes for these arguments.
+def source_extension(src_format) -> str:
+    """The usual extension of a file in a format read_size names (".jpg" for "JPEG" or "MPO"), or ""."""
+    source = READ_FORMATS.get(_SAME_AS.get(src_format, src_format))
+    return source.extensions[0] if source else ""
 
-    src_format is Pillow's name of the source's format (read_size()["format"]) or None if unknown.
+
+def output_extension(src_format, fmt, animated=False) -> str:
+    """The extension (".jpg", ".png", ...) of what make_thumbnail writes for these arguments.
+
+    src_format is Pillow's name of the source's format (read_size()["format"]) or None if unknown;
+    animated: whether the source is an animation whose frames are all kept.
     """
-    return _EXTENSIONS[_output_format(src_format, fmt)]
+    return OUTPUT_EXTENSIONS[_output_format(src_format, fmt, animated)]
 
 
 def make_thumbnail(
@@ -98,6 +156,8 @@ def make_thumbnail(
     max_pixels=DEFAULT_MAX_PIXELS,
     *,
     max_decode_bytes=DEFAULT_MAX_DECODE_BYTES,
+    frames="all",
+    max_frames=DEFAULT_MAX_FRAMES,
 ) -> dict:
     """Write a thumbnail of src to dest atomically; return {"width", "height", "format"} of what was written.
 
@@ -107,27 +167,34 @@ def make_thumbnail(
     wherever a link on its path may lead by then.
     fit: "contain" keeps the aspect ratio inside width x height and never upscales; "cover"
     fills exactly width x height, cropping the centre; "stretch" fills it ignoring the aspect.
-    fmt: one of FORMATS, or None for the source's format if it is one of them, else png.
-    Only the first frame of an animation is used. The output keeps the pixels, alpha (png,
-    webp; jpeg gets a white background) and an RGB source's ICC profile up to MAX_EMBEDDED_ICC
-    bytes (a larger one is converted to sRGB); no other metadata. The decode may take at most
-    max_decode_bytes. Raises ValueError for arguments outside these choices and ImageError for a bad image.
+    fmt: one of FORMATS, or None for the source format's default output (READ_FORMATS), else png.
+    frames: "all" keeps every frame of an animation (GIF, WebP, APNG, AVIF) when the output can animate
+    (ANIMATED_FORMATS), each resized with the same fit, with its duration and the loop count; it may have
+    at most max_frames frames. "first", or an output that cannot animate (jpeg), makes a still of the first.
+    The output keeps the pixels, alpha (not jpeg: it gets a white background) and an RGB source's ICC
+    profile up to MAX_EMBEDDED_ICC bytes (a larger one is converted to sRGB); no other metadata. The decode
+    may take at most max_decode_bytes, every frame kept counted. Raises ValueError for arguments outside
+    these choices and ImageError for a bad image.
     """
     if fit not in FITS:
         raise ValueError(f"fit must be one of {FITS}, not {fit!r}")
+    if frames not in FRAMES:
+        raise ValueError(f"frames must be one of {FRAMES}, not {frames!r}")
     if not (width >= 1 and height >= 1):
         raise ValueError(f"width and height must be at least 1, not {width}x{height}")
     with _opened(src, max_pixels) as img:
-        out_format = _output_format(img.format, fmt)
+        count = _frame_count(img) if frames == "all" else 1
+        out_format = _output_format(img.format, fmt, count > 1)
         icc_profile = img.info.get("icc_profile") if img.mode in ("RGB", "RGBA") else None
-        thumb = _thumbnail(img, (width, height), fit, max_decode_bytes)
-        thumb, icc_profile = _fit_profile(thumb, icc_profile)
-        if out_format == "jpeg":
-            thumb = _flatten(thumb)
-        thumb.info.clear()  # save() falls back on info: no EXIF/GPS, comments or stale keys
-        dest = dest(_EXTENSIONS[out_format]) if callable(dest) else dest
-        _write_atomically(thumb, dest, out_format, icc_profile)
-        return {"width": thumb.width, "height": thumb.height, "format": _PILLOW_NAMES[out_format]}
+        if count > 1 and out_format in ANIMATED_FORMATS:
+            thumbs, animation = _animation(img, count, (width, height), fit, max_frames, max_decode_bytes)
+        else:
+            thumbs, animation = [_thumbnail(img, (width, height), fit, max_decode_bytes)], {}
+        thumbs, icc_profile = _for_output(thumbs, icc_profile, out_format)
+        dest = dest(OUTPUT_EXTENSIONS[out_format]) if callable(dest) else dest
+        _write_atomically(thumbs, dest, out_format, icc_profile, animation)
+        made = {"width": thumbs[0].width, "height": thumbs[0].height, "format": _PILLOW_NAMES[out_format]}
+        return {**made, "frames": len(thumbs)} if len(thumbs) > 1 else made
 
 
 def open_rgb(path, max_pixels: int, min_side: int, *, max_decode_bytes=DEFAULT_MAX_DECODE_BYTES) -> Image.Image:
@@ -152,12 +219,23 @@ def open_rgb(path, max_pixels: int, min_side: int, *, max_decode_bytes=DEFAULT_M
             raise _read_error(exc, _CORRUPT) from None
 
 
-def _output_format(src_format, fmt):
+def _output_format(src_format, fmt, animated=False):
     if fmt is None:
-        return _SOURCE_FORMATS.get((src_format or "").upper(), "png")
+        name = (src_format or "").upper()
+        source = READ_FORMATS.get(_SAME_AS.get(name, name))
+        if name == "GIF" and animated:
+            return "gif"
+        return (source and source.default_output) or "png"
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be None or one of {FORMATS}, not {fmt!r}")
     return fmt
+
+
+def _frame_count(img):
+    """img's frames if its format makes animations, else 1 (a multi-page TIFF or a HEIC's other images are
+    not frames). Counting a GIF's reads every frame's header, decoding nothing."""
+    name = _SAME_AS.get(img.format, img.format)
+    return getattr(img, "n_frames", 1) if READ_FORMATS[name].animates else 1
 
 
 @contextlib.contextmanager
@@ -181,14 +259,14 @@ def _opened(path, max_pixels):
 
 
 def _open(path):
-    """Image.open restricted to _DECODERS, with every failure turned into an ImageError sentence."""
+    """Image.open restricted to READ_FORMATS, with every failure turned into an ImageError sentence."""
     try:
         info = os.stat(path)
         if stat.S_ISDIR(info.st_mode):
             raise ImageError("The path is a folder, not an image file.")
         if info.st_size == 0:
             raise ImageError("The file is empty (0 bytes).")
-        return Image.open(path, formats=_DECODERS)
+        return Image.open(path, formats=tuple(READ_FORMATS))
     except FileNotFoundError:
         raise ImageError("The file does not exist.") from None
     except _DECODE_ERRORS as exc:
@@ -215,30 +293,30 @@ def _read_error(exc, sentence):
     return ImageError(sentence)
 
 
-def _check_decode_bytes(img, limit):
-    """Refuse img, opened but not decoded, if its decode would allocate more than limit bytes.
+def _check_decode_bytes(img, limit, kept=0):
+    """Refuse img, opened but not decoded, if its decode, and kept bytes held meanwhile (an animation's
+    resized frames), would allocate more than limit bytes.
 
     max_pixels bounds the image, not what decoding it takes: a TIFF tile may be far larger
     than the image, a progressive JPEG is held as coefficients at full size whatever draft()
     chose, a WebP frame is decoded through canvases of its own. Called after draft().
     """
-    needed = _decode_bytes(img)
+    needed = _decode_bytes(img) + kept
     if needed > limit:
         raise ImageError(
-            f"Decoding the image would take about {math.ceil(needed / _MB):,} MB, "
+            f"Decoding the {'animation' if kept else 'image'} would take about {math.ceil(needed / _MB):,} MB, "
             f"more than the limit of {math.ceil(limit / _MB):,} MB (MAX_DECODE_MB)."
         )
 
 
 def _decode_bytes(img):
     """The bytes decoding img's first frame allocates: the image as Pillow stores it plus its decoder's
-    largest buffer. Checked against the peak RSS of decoding every format in _DECODERS with Pillow 13.
+    largest buffer. Checked against the peak RSS of decoding every format in READ_FORMATS with Pillow 13.
     """
     image = img.width * img.height * _pixel_bytes(img.mode)
-    if img.format == "WEBP":  # no tile before load(): libwebp's two RGBA canvases and the frame's bytes
-        return image + 3 * img.width * img.height * 4
-    if img.format == "AVIF":  # libavif's YUV planes, at most 4:4:4 in 16 bits (and alpha): 8 bytes a pixel
-        return image + 8 * img.width * img.height
+    decoder = READ_FORMATS[_SAME_AS.get(img.format, img.format)].decoder_bytes_per_pixel
+    if decoder is not None:
+        return image + math.ceil(decoder * img.width * img.height)
     return image + max((_tile_buffer_bytes(img, tile) for tile in img.tile), default=0)
 
 
@@ -316,6 +394,39 @@ def _thumbnail(img, size, fit, max_decode_bytes):
         raise _read_error(exc, _CORRUPT) from None
 
 
+def _animation(img, count, size, fit, max_frames, max_decode_bytes):
+    """(every frame resized, the save() options that keep its timing): img is an animation of count frames.
+
+    Each frame comes whole, as Pillow composes it from the frames before it (disposal and blending applied),
+    so the thumbnail's frames each replace the last. Refused before any frame is decoded if there are more
+    than max_frames, or if one frame's decode and every resized frame held until the save exceed
+    max_decode_bytes. The EXIF orientation of an animation's frames is not applied.
+    """
+    if count > max_frames:
+        raise ImageError(
+            f"The animation has {count:,} frames, more than the limit of {max_frames:,} (MAX_FRAMES); "
+            "frames=first makes a still of its first frame."
+        )
+    kept = count * size[0] * size[1] * 4  # at most the box, RGBA
+    _check_decode_bytes(img, max_decode_bytes, kept)
+    thumbs, durations = [], []
+    try:
+        for index in range(count):
+            img.seek(index)
+            img.load()
+            frame = img.convert("RGBA") if img.has_transparency_data else img.convert("RGB")  # a copy
+            thumbs.append(_resize(_to_8bit(frame), size, fit))
+            durations.append(round(img.info.get("duration") or 0))
+    except _DECODE_ERRORS as exc:
+        raise _read_error(exc, _CORRUPT) from None
+    if len({thumb.mode for thumb in thumbs}) > 1:  # one mode for the file: RGBA if any frame has alpha
+        thumbs = [thumb.convert("RGBA") for thumb in thumbs]
+    timing = {"duration": durations}
+    if "loop" in img.info:  # a GIF without a loop count plays once
+        timing["loop"] = img.info["loop"]
+    return thumbs, timing
+
+
 def _draft_size(src_size, size, fit, swapped):
     """The smallest decode size (in the file's stored orientation) leaving _DRAFT_GAP times the output's sides."""
     (src_w, src_h), (out_w, out_h) = src_size, (size[::-1] if swapped else size)
@@ -381,14 +492,14 @@ def _flatten(img):
     return background
 
 
-def _fit_profile(thumb, icc_profile):
-    """(thumb, the profile to embed): a profile over MAX_EMBEDDED_ICC bytes is applied instead.
+def _fit_profile(thumb, icc_profile, max_embedded=MAX_EMBEDDED_ICC):
+    """(thumb, the profile to embed): a profile over max_embedded bytes is applied instead.
 
     A thumbnail is a few KB, so embedding a large profile would make it megabytes: the
     resized pixels are converted from the profile to sRGB (what a file without a profile
     means) and nothing is embedded. A profile ImageCms cannot use is dropped, pixels as they are.
     """
-    if icc_profile is None or len(icc_profile) <= MAX_EMBEDDED_ICC:
+    if icc_profile is None or len(icc_profile) <= max_embedded:
         return thumb, icc_profile
     try:
         return ImageCms.profileToProfile(thumb, io.BytesIO(icc_profile), _SRGB, outputMode=thumb.mode), None
@@ -396,8 +507,26 @@ def _fit_profile(thumb, icc_profile):
         return thumb, None
 
 
-def _write_atomically(img, dest, out_format, icc_profile):
-    """Save to a hidden temporary file beside dest, then os.replace() it onto dest.
+def _for_output(thumbs, icc_profile, out_format):
+    """(the frames as out_format takes them, the profile to embed): a large profile applied (_fit_profile;
+    any profile for gif, which Pillow writes without one), alpha flattened onto white for jpeg, grey with
+    alpha made RGBA for gif (whose writer drops LA's alpha), and Pillow's info cleared, which save() falls
+    back on (no EXIF or GPS, comments or stale keys)."""
+    fitted, profile = [], icc_profile
+    for thumb in thumbs:
+        thumb, profile = _fit_profile(thumb, icc_profile, 0 if out_format == "gif" else MAX_EMBEDDED_ICC)
+        if out_format == "jpeg":
+            thumb = _flatten(thumb)
+        elif out_format == "gif" and thumb.mode == "LA":
+            thumb = thumb.convert("RGBA")
+        thumb.info.clear()
+        fitted.append(thumb)
+    return fitted, profile
+
+
+def _write_atomically(frames, dest, out_format, icc_profile, animation):
+    """Save frames (one: a still; several: an animation, with the save() options in animation) to a hidden
+    temporary file beside dest, then os.replace() it onto dest.
 
     Readers never see a partial thumbnail; a failure leaves dest as it was and removes the
     temporary file, whose name does not end in an IMAGE_EXTENSIONS suffix (folder listings skip it).
@@ -413,7 +542,12 @@ def _write_atomically(img, dest, out_format, icc_profile):
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666, dir_fd=folder_fd)
         created = True
         with os.fdopen(fd, "wb") as file:
-            img.save(file, _PILLOW_NAMES[out_format], icc_profile=icc_profile, **_SAVE_OPTIONS[out_format])
+            options = {**_SAVE_OPTIONS[out_format], **animation}
+            if len(frames) > 1:
+                options.update(save_all=True, append_images=frames[1:])
+                if out_format == "gif":
+                    options["disposal"] = 2  # whole frames: each replaces the last, transparent parts too
+            frames[0].save(file, _PILLOW_NAMES[out_format], icc_profile=icc_profile, **options)
         os.replace(temp, name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
     except BaseException as exc:
         if created:

@@ -30,7 +30,7 @@ PHOTOS = {  # name: (width, height, Pillow format, mode)
 }
 LIMIT = 50_000_000
 MB = 1024 * 1024
-NOT_AN_IMAGE = "The file is not an image Pillow can read (JPEG, PNG, WebP, AVIF, GIF, BMP or TIFF)."
+NOT_AN_IMAGE = "The file is not an image Pillow can read (JPEG, PNG, WebP, AVIF, HEIC, GIF, BMP or TIFF)."
 CORRUPT = "The image data is truncated or corrupt."
 
 
@@ -607,6 +607,8 @@ def test_every_source_mode_into_every_format(tmp_path, mode, fmt):
         expected = ("LA" if alpha else "L") if mode in GREY_MODES else ("RGBA" if alpha else "RGB")
     elif fmt == "avif":  # AVIF holds grey (4:0:0), but grey with alpha comes back RGBA
         expected = "RGBA" if alpha else ("L" if mode in GREY_MODES else "RGB")
+    elif fmt == "gif":  # a palette of at most 256 colours, one of them transparent
+        expected = "P"
     else:  # WebP holds only RGB and RGBA
         expected = "RGBA" if alpha else "RGB"
     assert thumb.mode == expected
@@ -703,8 +705,9 @@ def test_animation_uses_its_first_frame(tmp_path, fmt):
 @pytest.mark.parametrize("fmt", ["GIF", "TIFF"])
 def test_many_frames_only_the_first_is_read(tmp_path, monkeypatch, fmt):
     # Tried: a 300-frame GIF and a 300-page TIFF (red first, then green and blue by turns) through each
-    # operation, with n_frames (and GIF's is_animated) made to fail and every seek recorded. Got: the red
-    # first frame, one decode each, no frame but 0 ever sought: the other 299 are neither decoded nor counted.
+    # operation (a thumbnail with frames=first), with n_frames (and GIF's is_animated) made to fail and every
+    # seek recorded. Got: the red first frame, one decode each, no frame but 0 ever sought: the other 299 are
+    # neither decoded nor counted.
     frames = [PILImage.new("RGB", (64, 64), colour) for colour in ["red"] + ["lime", "blue"] * 149 + ["lime"]]
     buffer = io.BytesIO()
     frames[0].save(buffer, fmt, save_all=True, append_images=frames[1:])
@@ -717,7 +720,7 @@ def test_many_frames_only_the_first_is_read(tmp_path, monkeypatch, fmt):
     sought, seek = [], plugin._seek
     monkeypatch.setattr(plugin, "_seek", lambda img, frame, *args: sought.append(frame) or seek(img, frame, *args))
     sizes = decoded_sizes(monkeypatch)
-    Image.make_thumbnail(path, tmp_path / "t.png", 32, 32)
+    Image.make_thumbnail(path, tmp_path / "t.png", 32, 32, frames="first")
     assert Image.open_rgb(path, LIMIT, 64).getpixel((0, 0)) == (255, 0, 0)
     assert Image.histogram(path, LIMIT)["red"][255] == 64 * 64
     assert sizes == [(64, 64)] * 3 and set(sought) == {0}
@@ -762,9 +765,11 @@ def test_output_extension_matches_what_is_written(tmp_path, name, pil_format):
 def test_bad_arguments_are_value_errors(tmp_path):
     photo = TESTDATA / "castle_image.jpg"
     with pytest.raises(ValueError, match="fmt must be"):
-        Image.output_extension("JPEG", "gif")
+        Image.output_extension("JPEG", "tiff")
     with pytest.raises(ValueError, match="fmt must be"):
-        Image.make_thumbnail(photo, tmp_path / "t.gif", fmt="gif")
+        Image.make_thumbnail(photo, tmp_path / "t.tif", fmt="tiff")
+    with pytest.raises(ValueError, match="frames must be"):
+        Image.make_thumbnail(photo, tmp_path / "t.jpg", frames="some")
     with pytest.raises(ValueError, match="fit must be"):
         Image.make_thumbnail(photo, tmp_path / "t.jpg", fit="fill")
     with pytest.raises(ValueError, match="at least 1"):
@@ -773,8 +778,10 @@ def test_bad_arguments_are_value_errors(tmp_path):
 
 
 def test_constants():
-    assert Image.FORMATS == ("jpeg", "png", "webp", "avif")
-    assert Image.IMAGE_EXTENSIONS == {".jpg", ".jpeg", ".png", ".webp", ".avif", ".gif", ".bmp", ".tif", ".tiff"}
+    assert Image.FORMATS == ("jpeg", "png", "webp", "avif", "gif")
+    assert Image.IMAGE_EXTENSIONS == {
+        *(".jpg", ".jpeg", ".png", ".webp", ".avif", ".heic", ".heif", ".gif", ".bmp", ".tif", ".tiff")
+    }
 
 
 # --- AVIF ----------------------------------------------------------------------------------------
@@ -914,7 +921,7 @@ def test_metadata_is_stripped_but_the_icc_profile_kept(tmp_path):
     for fmt in Image.FORMATS:
         Image.make_thumbnail(path, tmp_path / f"t.{fmt}", fmt=fmt)
         thumb = opened(tmp_path / f"t.{fmt}")
-        assert thumb.info.get("icc_profile") == icc
+        assert thumb.info.get("icc_profile") == (None if fmt == "gif" else icc)  # GIF: applied to the pixels
         assert not thumb.getexif() and "comment" not in thumb.info
 
 
@@ -992,7 +999,7 @@ def test_large_valid_icc_profile_is_applied_to_the_pixels(tmp_path):
         for name in ("rgb", "rgba"):
             assert (tmp_path / f"{name}.{fmt}").stat().st_size < 10_000
             assert "icc_profile" not in opened(tmp_path / f"{name}.{fmt}").info
-        thumb = opened(tmp_path / f"rgb.{fmt}")
+        thumb = opened(tmp_path / f"rgb.{fmt}").convert("RGB")
         assert near(thumb.getpixel((4, 16)), (0, 0, 255)) and near(thumb.getpixel((28, 16)), (0, 255, 0))
         thumb = opened(tmp_path / f"rgba.{fmt}").convert("RGBA")
         assert near(thumb.getpixel((4, 16)), (0, 0, 255, 255))
@@ -1015,3 +1022,197 @@ def test_icc_profile_up_to_the_limit_is_embedded_above_it_applied(tmp_path, monk
     Image.make_thumbnail(path, tmp_path / "applied.png", 8, 8)
     applied = opened(tmp_path / "applied.png")
     assert "icc_profile" not in applied.info and near(applied.getpixel((4, 4)), (0, 0, 255), 2)
+
+
+# --- HEIC -----------------------------------------------------------------------------------------
+
+
+def heic_of(path: Path, img, **options) -> Path:
+    """img saved as a HEIC by pillow-heif (libheif with x265), as a phone would."""
+    img.save(path, "HEIF", quality=90, **options)
+    return path
+
+
+def test_heic_is_read_and_becomes_a_jpeg_whose_pixels_match(tmp_path):
+    """HEIC could not be read ("not an image"). A HEIC made from castle_image.jpg is sized from its header
+    (no pixel decoded: load is made to fail), and thumbnailed into a JPEG by default (browsers but Safari
+    cannot show HEIC) whose pixels are the photo's own thumbnail's, within encoding noise."""
+    with PILImage.open(TESTDATA / "castle_image.jpg") as photo:
+        path = heic_of(tmp_path / "castle.heic", photo)
+    from pillow_heif.as_plugin import HeifImageFile
+
+    loading = HeifImageFile.load
+    HeifImageFile.load = lambda img: pytest.fail("a size decoded pixels")
+    try:
+        assert Image.read_size(path, LIMIT) == {"width": 800, "height": 480, "format": "HEIF", "mode": "RGB"}
+    finally:
+        HeifImageFile.load = loading
+    made = Image.make_thumbnail(path, lambda ext: str(tmp_path / f"t{ext}"), 200, 200)
+    assert made == {"width": 200, "height": 120, "format": "JPEG"}
+    Image.make_thumbnail(TESTDATA / "castle_image.jpg", tmp_path / "expected.jpg", 200, 200)
+    thumb = np.asarray(opened(tmp_path / "t.jpg"), dtype=float)
+    expected = np.asarray(opened(tmp_path / "expected.jpg"), dtype=float)
+    assert np.abs(thumb - expected).mean() < 6
+    assert Image.make_thumbnail(path, tmp_path / "a.avif", 64, 64, fmt="avif")["format"] == "AVIF"
+    assert Image.open_rgb(path, LIMIT, 100).size == (800, 480)  # the classifier's input
+    assert Image.histogram(path, LIMIT)["red"] and Image.output_extension("HEIF", None) == ".jpg"
+
+
+def test_a_rotated_heic_comes_out_upright(tmp_path):
+    """A phone stores a portrait photo landscape with a rotation (EXIF orientation 6, which pillow-heif writes
+    as the HEIF's own irot). Tried: 400x200, the left quarter blue, saved with orientation 6. Got: libheif
+    rotates it while decoding and Pillow sees orientation 1, so it is not turned twice: a 200x400 (upright)
+    size and thumbnail, blue along the top."""
+    source = PILImage.new("RGB", (400, 200), "red")
+    source.paste((0, 0, 255), (0, 0, 100, 200))
+    exif = PILImage.Exif()
+    exif[0x0112] = 6
+    path = heic_of(tmp_path / "rotated.heic", source, exif=exif.tobytes())
+    assert (Image.read_size(path, LIMIT)["width"], Image.read_size(path, LIMIT)["height"]) == (200, 400)
+    made = Image.make_thumbnail(path, tmp_path / "t.png", 100, 100, fmt="png")
+    assert made == {"width": 50, "height": 100, "format": "PNG"}
+    thumb = opened(tmp_path / "t.png")
+    assert near(thumb.getpixel((25, 3)), (0, 0, 255)) and near(thumb.getpixel((25, 96)), (255, 0, 0))
+
+
+def test_hostile_heics_get_their_sentence(tmp_path):
+    """Tried: half a HEIC, its first 300 bytes, a 2000x1000 HEIC under a 1 MP limit, and the same under a
+    4 MB decode budget. Got: "truncated or corrupt" (libheif's "Unexpected end of file"), "not an image",
+    the pixel sentence before decoding, the decode sentence (libheif's planes counted: 8 bytes a pixel besides
+    the image); nothing written."""
+    with PILImage.open(TESTDATA / "castle_image.jpg") as photo:
+        data = heic_of(tmp_path / "castle.heic", photo).read_bytes()
+        heic_of(tmp_path / "big.heic", photo.resize((2000, 1000)))
+    half = write(tmp_path / "half.heic", data[: len(data) // 2])
+    head = write(tmp_path / "head.heic", data[:300])
+    out = tmp_path / "out"
+    assert image_error(Image.make_thumbnail, half, out / "t.jpg") == CORRUPT
+    assert image_error(Image.make_thumbnail, head, out / "t.jpg") == NOT_AN_IMAGE
+    assert image_error(Image.read_size, tmp_path / "big.heic", 1_000_000) == (
+        "The image has 2,000,000 pixels, more than the limit of 1,000,000 (MAX_IMAGE_PIXELS)."
+    )
+    assert image_error(Image.make_thumbnail, tmp_path / "big.heic", out / "t.jpg", max_decode_bytes=4 * MB) == (
+        "Decoding the image would take about 23 MB, more than the limit of 4 MB (MAX_DECODE_MB)."
+    )
+    assert not out.exists()
+
+
+# --- animations kept ------------------------------------------------------------------------------
+
+ANIMATION_COLOURS = ("red", "lime", "blue", "yellow")
+ANIMATION_DURATIONS = [100, 200, 300, 400]
+
+
+def animation(path: Path, fmt: str, size=(64, 48), count=4, **options) -> Path:
+    """count frames of size in ANIMATION_COLOURS by turns, ANIMATION_DURATIONS ms, looping 3 times."""
+    frames = [PILImage.new("RGB", size, ANIMATION_COLOURS[index % 4]) for index in range(count)]
+    durations = [ANIMATION_DURATIONS[index % 4] for index in range(count)]
+    options = {"save_all": True, "append_images": frames[1:], "duration": durations, "loop": 3, **options}
+    return write(path, encode(frames[0], fmt, **options))
+
+
+def frames_of(path: Path) -> list[tuple]:
+    """(colour of the centre, duration) of every frame of path."""
+    found = []
+    with PILImage.open(path) as img:
+        for index in range(img.n_frames):
+            img.seek(index)
+            img.load()
+            found.append((img.convert("RGB").getpixel((img.width // 2, img.height // 2)), img.info.get("duration")))
+    return found
+
+
+@pytest.mark.parametrize(
+    ("fmt", "name", "written"), [("GIF", "a.gif", "GIF"), ("WEBP", "a.webp", "WEBP"), ("PNG", "a.png", "PNG")]
+)
+def test_an_animation_keeps_its_frames_and_timing(tmp_path, fmt, name, written):
+    """Animations came out as a still of their first frame. Tried: a 4-frame 64x48 animation (red, lime, blue,
+    yellow; 100, 200, 300, 400 ms; looping 3 times) as GIF, WebP and APNG, into a 32x32 box. Got: the same
+    format by default, 4 frames of 32x24 in those colours and durations, the loop count kept, and "frames": 4
+    in the answer; a size job says "frames": 4."""
+    path = animation(tmp_path / name, fmt)
+    assert Image.read_size(path, LIMIT)["frames"] == 4
+    made = Image.make_thumbnail(path, lambda ext: str(tmp_path / f"t{ext}"), 32, 32)
+    assert made == {"width": 32, "height": 24, "format": written, "frames": 4}
+    thumb = tmp_path / f"t{Image.output_extension(fmt, None, animated=True)}"
+    colours = [PILImage.new("RGB", (1, 1), colour).getpixel((0, 0)) for colour in ANIMATION_COLOURS]
+    found = frames_of(thumb)
+    assert [duration for _, duration in found] == ANIMATION_DURATIONS
+    assert all(near(colour, expected) for (colour, _), expected in zip(found, colours))
+    assert opened(thumb).info.get("loop") == 3
+
+
+@pytest.mark.parametrize("fmt", ["webp", "avif", "gif", "png"])
+def test_an_animation_into_every_format_that_animates(tmp_path, fmt):
+    """A 4-frame GIF asked as each output that can animate keeps its 4 frames and durations (AVIF: Pillow
+    13 writes animated AVIF); as JPEG, which cannot animate, it is a still of the first frame."""
+    path = animation(tmp_path / "a.gif", "GIF")
+    made = Image.make_thumbnail(path, tmp_path / f"t.{fmt}", 32, 32, fmt=fmt)
+    assert made["frames"] == 4 and [duration for _, duration in frames_of(tmp_path / f"t.{fmt}")] == [
+        100,
+        200,
+        300,
+        400,
+    ]
+    assert Image.make_thumbnail(path, tmp_path / "t.jpg", 32, 32, fmt="jpeg") == {
+        "width": 32,
+        "height": 24,
+        "format": "JPEG",
+    }
+    assert near(opened(tmp_path / "t.jpg").getpixel((16, 12)), (255, 0, 0))
+
+
+def test_frames_first_makes_a_still_and_a_still_gif_stays_png(tmp_path):
+    """frames=first: a still of the first frame, a GIF source's as PNG (as before: no 256-colour palette),
+    and a still GIF is PNG by default too; cover and stretch crop every frame alike."""
+    path = animation(tmp_path / "a.gif", "GIF")
+    assert Image.make_thumbnail(path, tmp_path / "t.png", 32, 32, frames="first") == {
+        "width": 32,
+        "height": 24,
+        "format": "PNG",
+    }
+    still = write(tmp_path / "still.gif", encode(PILImage.new("RGB", (20, 20), "red"), "GIF"))
+    assert Image.make_thumbnail(still, lambda ext: str(tmp_path / f"s{ext}"))["format"] == "PNG"
+    for fit in ("cover", "stretch"):
+        made = Image.make_thumbnail(path, tmp_path / f"{fit}.webp", 30, 30, fit=fit, fmt="webp")
+        assert made == {"width": 30, "height": 30, "format": "WEBP", "frames": 4}
+
+
+def test_a_transparent_animation_stays_transparent(tmp_path):
+    """Tried: a 2-frame GIF whose frames are red then blue on the left half, transparent on the right. Got:
+    a GIF and a WebP whose two frames keep the colour on the left and transparency on the right (each frame
+    whole, so nothing of the first shows through the second)."""
+    frames = []
+    for colour in ((255, 0, 0, 255), (0, 0, 255, 255)):
+        frames.append(halves("RGBA", colour, (0, 0, 0, 0)))
+    path = write(
+        tmp_path / "a.gif", encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50, disposal=2)
+    )
+    for fmt in ("gif", "webp"):
+        Image.make_thumbnail(path, tmp_path / f"t.{fmt}", 32, 32, fmt=fmt)
+        with PILImage.open(tmp_path / f"t.{fmt}") as thumb:
+            for index, colour in enumerate(((255, 0, 0), (0, 0, 255))):
+                thumb.seek(index)
+                pixels = thumb.convert("RGBA")
+                assert near(pixels.getpixel((4, 16)), (*colour, 255)) and pixels.getpixel((28, 16))[3] == 0
+
+
+def test_too_many_frames_are_refused_before_decoding(tmp_path, monkeypatch):
+    """Tried: a 10,000-frame 8x8 GIF (a few hundred KB) under the default MAX_FRAMES (1,000), and 300 frames
+    of 500x500 into a 1024 box under a 256 MB budget. Got: the frame sentence, which points to frames=first,
+    and the decode sentence counting every resized frame held (300 x 1024 x 1024 x 4 bytes), no frame decoded
+    in either, nothing written; frames=first makes the still, and a size job counts the frames."""
+    many = animation(tmp_path / "many.gif", "GIF", size=(8, 8), count=10_000)
+    big = animation(tmp_path / "big.gif", "GIF", size=(500, 500), count=300)
+    sizes = decoded_sizes(monkeypatch)
+    out = tmp_path / "out"
+    assert image_error(Image.make_thumbnail, many, out / "t.gif") == (
+        "The animation has 10,000 frames, more than the limit of 1,000 (MAX_FRAMES); "
+        "frames=first makes a still of its first frame."
+    )
+    assert image_error(Image.make_thumbnail, big, out / "t.gif", 1024, 1024) == (
+        "Decoding the animation would take about 1,201 MB, more than the limit of 256 MB (MAX_DECODE_MB)."
+    )
+    assert sizes == [] and not out.exists()
+    assert Image.read_size(many, LIMIT)["frames"] == 10_000
+    assert "frames" not in Image.make_thumbnail(many, tmp_path / "t.png", frames="first")

@@ -120,7 +120,8 @@ def test_file_route_answers_404_for_unknown_and_fileless_jobs(client, folder, im
         ({"height": "abc"}, "height"),
         ({"width": "1.5"}, "width"),
         ({"fit": "squash"}, "fit"),
-        ({"format": "gif"}, "format"),
+        ({"format": "tiff"}, "format"),
+        ({"frames": "some"}, "frames"),
         ({"action": "explode"}, "action"),
         ({"recursive": "maybe"}, "recursive"),
     ],
@@ -543,3 +544,117 @@ def test_an_overlong_value_is_not_echoed_back_whole(client):
     answer = client.post("/imageapi", data={"imagePath": "a.jpg", "callbackUrl": "http://a/" + "x" * 4991})
     error = answer.get_json()["error"]
     assert answer.status_code == 400 and "callbackUrl" in error and "(5000 characters)" in error and len(error) < 300
+
+
+# --- every photo format, through real workers --------------------------------------------------------------
+
+
+def animation_bytes(fmt: str, count: int = 4, size=(64, 48)) -> bytes:
+    """count frames in red, lime, blue and yellow by turns, 100-400 ms, looping forever."""
+    colours, durations = ("red", "lime", "blue", "yellow"), [100, 200, 300, 400]
+    frames = [PILImage.new("RGB", size, colours[index % 4]) for index in range(count)]
+    buffer = io.BytesIO()
+    frames[0].save(
+        buffer, fmt, save_all=True, append_images=frames[1:], duration=[durations[i % 4] for i in range(count)], loop=0
+    )
+    return buffer.getvalue()
+
+
+def durations_of(path: Path) -> list:
+    with PILImage.open(path) as img:
+        found = []
+        for index in range(img.n_frames):
+            img.seek(index)
+            img.load()
+            found.append(img.info.get("duration"))
+        return found
+
+
+def every_format(folder: Path) -> None:
+    """One file of every format the service reads, animations, and hostile ones, in folder."""
+    with PILImage.open(Path(__file__).parent / "testdata" / PHOTO) as photo:
+        photo.save(folder / "photo.heic", quality=80)
+        photo.save(folder / "photo.avif", quality=80)
+        for name, fmt in (("photo.png", "PNG"), ("photo.webp", "WEBP"), ("photo.bmp", "BMP"), ("photo.tif", "TIFF")):
+            photo.save(folder / name, fmt)
+        photo.convert("P").save(folder / "still.gif")
+    copy_sample(PHOTO, folder / "photo.jpg")
+    for name, fmt in (("moving.gif", "GIF"), ("moving.webp", "WEBP"), ("moving.png", "PNG")):
+        (folder / name).write_bytes(animation_bytes(fmt))
+    (folder / "many.gif").write_bytes(animation_bytes("GIF", count=1001, size=(8, 8)))
+    for name in ("photo.heic", "photo.avif"):
+        data = (folder / name).read_bytes()
+        (folder / f"half-{name}").write_bytes(data[: len(data) // 2])
+    (folder / "photo.jxl").write_bytes(b"\xff\x0a not read")  # JPEG XL is not read: not listed
+
+
+def test_a_folder_of_every_format_is_one_batch(client, folder, images_root):
+    """Tried: one folder holding a JPEG, PNG, WebP, AVIF, HEIC, BMP and TIFF of the same photo, a still GIF,
+    animated GIF, WebP and APNG (4 frames, 100-400 ms), a 1,001-frame GIF, half an AVIF and half a HEIC, and a
+    .jxl; one resize request, 50x50. Got: one batch of 14 images (the .jxl not listed); each photo's thumbnail
+    50x30 in its format family (HEIC as JPEG, BMP and TIFF as PNG); each animation animated in its own format
+    with its 4 durations and "frames": 4; the 1,001-frame GIF's entry says MAX_FRAMES; the halves are
+    "truncated or corrupt". A size job on the animated GIF says "frames": 4; the thumbnails are served with
+    their media types."""
+    every_format(folder)
+    body = submit(client, "POST", data={"imagePath": rel(folder, images_root), "width": "50", "height": "50"})
+    done = result_of(client, body["jobId"])
+    entries = {Path(entry["image"]).name: entry for entry in done["result"]["images"]}
+    assert len(entries) == 14 and "photo.jxl" not in entries
+    formats = {"photo.jpg": "JPEG", "photo.png": "PNG", "photo.webp": "WEBP", "photo.avif": "AVIF"}
+    formats |= {"photo.heic": "JPEG", "photo.bmp": "PNG", "photo.tif": "PNG", "still.gif": "PNG"}
+    for name, written in formats.items():
+        assert entries[name]["result"] | {"path": None} == {
+            "path": None,
+            "width": 50,
+            "height": 30,
+            "format": written,
+        }, name
+    for name, written in (("moving.gif", "GIF"), ("moving.webp", "WEBP"), ("moving.png", "PNG")):
+        result = entries[name]["result"]
+        assert (result["format"], result["frames"], result["width"], result["height"]) == (written, 4, 50, 38)
+        assert durations_of(images_root / result["path"]) == [100, 200, 300, 400]
+    assert entries["many.gif"]["error"] == (
+        "The animation has 1,001 frames, more than the limit of 1,000 (MAX_FRAMES); "
+        "frames=first makes a still of its first frame."
+    )
+    for name in ("half-photo.heic", "half-photo.avif"):
+        assert entries[name]["error"] in (
+            "The image data is truncated or corrupt.",
+            "The file is not an image Pillow can read (JPEG, PNG, WebP, AVIF, HEIC, GIF, BMP or TIFF).",
+        ), name
+    served = client.get(f"/images/file?path={entries['photo.avif']['result']['path']}")
+    assert served.status_code == 200 and served.mimetype == "image/avif"
+    assert client.get(f"/images/file?path={rel(folder / 'photo.heic', images_root)}").mimetype == "image/heic"
+    sized = submit(client, "GET", query_string={"imagePath": rel(folder / "moving.gif", images_root)})
+    assert result_of(client, sized["jobId"])["result"] == {
+        "width": 64,
+        "height": 48,
+        "format": "GIF",
+        "mode": "P",
+        "frames": 4,
+    }
+
+
+def test_format_avif_frames_first_and_a_heic_upload(client, folder, images_root):
+    """format=avif turns the JPEG into an AVIF of the right size; frames=first makes a still PNG of an animated
+    GIF; an uploaded .heic (as an iPhone sends it) is thumbnailed into a JPEG."""
+    copy_sample(PHOTO, folder / "photo.jpg")
+    (folder / "moving.gif").write_bytes(animation_bytes("GIF"))
+    made = submit(client, "POST", data={"imagePath": rel(folder / "photo.jpg", images_root), "format": "avif"})
+    result = result_of(client, made["jobId"])["result"]
+    with PILImage.open(images_root / result["path"]) as thumb:
+        assert thumb.format == "AVIF" and thumb.size == (result["width"], result["height"]) == (100, 60)
+    still = submit(client, "POST", data={"imagePath": rel(folder / "moving.gif", images_root), "frames": "first"})
+    assert result_of(client, still["jobId"])["result"]["format"] == "PNG"
+    heic = io.BytesIO()
+    with PILImage.open(folder / "photo.jpg") as photo:
+        photo.save(heic, "HEIF")
+    uploaded = submit(
+        client,
+        "POST",
+        data={"image": (io.BytesIO(heic.getvalue()), "IMG_0001.HEIC")},
+        content_type="multipart/form-data",
+    )
+    result = result_of(client, uploaded["jobId"])["result"]
+    assert result["path"].endswith("IMG_0001_resized.jpg") and (result["width"], result["height"]) == (100, 60)

@@ -8,6 +8,7 @@ for the signature) and its parameters model (params.py), then add its row here. 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import Image
 from imagejobs import params
 from imagejobs.config import Settings
 from imagejobs.processors import Work, classify, plot, resize, size
@@ -33,9 +34,10 @@ class Action:
     reuse_key: Callable[[Settings], str] | None = None
 
 
-def same_everywhere(settings: Settings) -> str:
-    """The reuse key of an action whose result depends on the image and the parameters alone."""
-    return ""
+def image_engine(settings: Settings) -> str:
+    """The reuse key of an action whose result depends on the image, the parameters and the image engine alone:
+    its version, so what an earlier engine made (a still of an animation, say) is made again."""
+    return f"engine {Image.ENGINE_VERSION}"
 
 
 ACTIONS = {
@@ -49,7 +51,7 @@ ACTIONS = {
             summary="Size",
             title="Size",
             description="Width, height, format and colour mode of each image.",
-            reuse_key=same_everywhere,
+            reuse_key=image_engine,
         ),
         Action(
             name="resize",
@@ -60,7 +62,7 @@ ACTIONS = {
             title="Thumbnail {width} × {height} ({fit}{, format|upper})",
             description="The thumbnail fits the box: contain keeps the whole image, cover fills the box and crops, "
             "stretch distorts.",
-            reuse_key=same_everywhere,
+            reuse_key=image_engine,
         ),
         Action(
             name="classify",

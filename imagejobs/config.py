@@ -57,6 +57,7 @@ class Settings(BaseSettings):
     )
     max_image_pixels: int = Field(50_000_000, ge=1)
     max_decode_mb: int = Field(256, ge=1, description="memory one image's decode may take (tiles, bit depth, frames)")
+    max_frames: int = Field(1000, ge=1, description="frames an animation kept animated may have (frames=first: any)")
     max_upload_mb: int = Field(200, ge=1)
     max_upload_files: int = Field(1000, ge=1)
     max_folder_images: int = Field(20_000, ge=1)

@@ -50,18 +50,6 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CHUNK = 64 * 1024
 _MB = 1024 * 1024
 _FALLBACK_NAME = "download"
-# What a name without an image extension gets, by Pillow's format name (paths.list_images lists
-# files by extension).
-_EXTENSIONS = {
-    "JPEG": ".jpg",
-    "MPO": ".jpg",
-    "PNG": ".png",
-    "WEBP": ".webp",
-    "GIF": ".gif",
-    "BMP": ".bmp",
-    "TIFF": ".tif",
-}
-
 # Cloud instance metadata services (AWS/GCP/Azure, AWS over IPv6, Alibaba): the classic SSRF
 # prize, refused even inside the allowed networks.
 _METADATA = frozenset(map(ipaddress.ip_address, ("169.254.169.254", "fd00:ec2::254", "100.100.100.200")))
@@ -550,7 +538,7 @@ def _file_name(url: str) -> str:
 def _with_extension(name: str, pillow_format: str) -> str:
     if os.path.splitext(name)[1].lower() in Image.IMAGE_EXTENSIONS:
         return name
-    return name + _EXTENSIONS.get(pillow_format, "")
+    return name + Image.source_extension(pillow_format)
 
 
 def _status_text(status: int) -> str:

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
-from Image import FORMATS
+from Image import FORMATS, FRAMES
 
 
 class Params(BaseModel):
@@ -83,11 +83,17 @@ class ResizeParams(Params):
         title="Format",
         description="output format; default: the source's",
         json_schema_extra=shown(
-            labels={"jpeg": "JPEG", "png": "PNG", "webp": "WebP", "avif": "AVIF"}, unset="as the source"
+            labels={"jpeg": "JPEG", "png": "PNG", "webp": "WebP", "avif": "AVIF", "gif": "GIF"}, unset="as the source"
         ),
     )
+    frames: Literal[FRAMES] = Field(
+        "all",
+        title="Frames",
+        description="all: an animation stays animated where the format can animate (not JPEG); first: a still",
+        json_schema_extra=shown(labels={"all": "Keep the animation", "first": "First frame only"}),
+    )
 
-    @field_validator("format", "fit", mode="before")
+    @field_validator("format", "fit", "frames", mode="before")
     @classmethod
     def _lower(cls, value):
         if isinstance(value, str):

@@ -7,6 +7,7 @@ import sys
 import time
 
 import pytest
+from PIL import Image as PILImage
 from rq import Worker
 
 from RedisConfig import CLASSIFY_QUEUE, connection, queue
@@ -103,3 +104,17 @@ def test_the_api_and_image_workers_never_import_the_model_libraries():
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_heic_and_avif_photos_classify(client, classifier_worker, folder, images_root):
+    """HEIC could not be read at all. The castle photo saved as HEIC (as an iPhone would) and as AVIF, in one
+    folder: both are "castle", with scores near the JPEG's (0.52; the encodings change a few pixels)."""
+    with PILImage.open(ROOT / "testdata" / "castle_image.jpg") as photo:
+        photo.save(folder / "castle.heic", quality=90)
+        photo.save(folder / "castle.avif", quality=90)
+    body = submit(client, "POST", data={"action": "classify", "imagePath": rel(folder, images_root)})
+    result = result_of(client, body["jobId"])["result"]
+    assert result["done"] == 2
+    for entry in result["images"]:
+        best = entry["result"]["predictions"][0]
+        assert best["label"] == "castle" and best["score"] == pytest.approx(0.52, abs=0.1), entry["image"]

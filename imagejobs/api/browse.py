@@ -2,10 +2,9 @@
 (the page's folder browser); GET /images/file?path=P serves one image (a thumbnail under resized/, or
 any image), so every thumbnail can be fetched over HTTP after its job's result has expired."""
 
-import mimetypes
-
 from flask import Blueprint, jsonify, request, send_file
 
+from Image import MEDIA_TYPES
 from imagejobs import params, paths
 from imagejobs.api import requests
 from imagejobs.api.context import client, settings
@@ -35,4 +34,4 @@ def image_file():
     served = paths.inside(root, target) if paths.is_image_name(target.name) else None
     if served is None:
         raise params.InvalidParameter(f"path {paths.relative(root, target)!r} is not an image file.")
-    return send_file(served, mimetype=mimetypes.guess_type(served.name)[0] or "application/octet-stream")
+    return send_file(served, mimetype=MEDIA_TYPES.get(served.suffix.lower(), "application/octet-stream"))

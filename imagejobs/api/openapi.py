@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from Image import MEDIA_TYPES, OUTPUT_EXTENSIONS
 from imagejobs import params
 from imagejobs.actions import ACTIONS, DEFAULT_ACTION, AnyActionParams
 from imagejobs.api import hooks
@@ -248,7 +249,8 @@ def _binary(description: str, media_types) -> dict:
     return {"description": description, "content": {media: {"schema": {"type": "string"}} for media in media_types}}
 
 
-IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "image/tiff")
+IMAGE_TYPES = tuple(dict.fromkeys(MEDIA_TYPES.values()))  # each format the service reads
+THUMBNAIL_TYPES = tuple(MEDIA_TYPES[extension] for extension in OUTPUT_EXTENSIONS.values())  # and writes
 
 
 # Each path's group in /docs, by resource (Swagger UI put every route under one "default" heading).
@@ -373,7 +375,7 @@ def _document(server: str) -> dict:
                             "description": "the file",
                             "content": {
                                 media: {"schema": {"type": "string", "format": "binary"}}
-                                for media in ("image/png", "image/jpeg", "image/webp", "application/zip")
+                                for media in (*THUMBNAIL_TYPES, "application/zip")
                             },
                         },
                         **_errors(400, 404),

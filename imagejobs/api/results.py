@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 
 from flask import Blueprint, Response, g, jsonify, request, send_file, stream_with_context
 
+from Image import MEDIA_TYPES
 from imagejobs import answers, batch, callbacks, files, jobs, params, paths
 from imagejobs.api.context import client, redis, settings
 
@@ -91,7 +92,7 @@ def result_file():
             "(in a batch, give the index of an entry that succeeded)."
         )
     name = f"{job.id}{'' if query.index is None else f'-{query.index}'}{made.suffix}"
-    return send_file(made, mimetype=mimetypes.guess_type(made.name)[0], as_attachment=True, download_name=name)
+    return send_file(made, mimetype=MEDIA_TYPES.get(made.suffix.lower()), as_attachment=True, download_name=name)
 
 
 def extension(mimetype: str) -> str:

@@ -35,6 +35,8 @@ def thumbnail(work: Work, path: Path) -> dict:
             params.get("format"),
             work.settings.max_image_pixels,
             max_decode_bytes=work.settings.max_decode_bytes,
+            frames=params.get("frames", "all"),
+            max_frames=work.settings.max_frames,
         )
     finally:
         if "folder" in made:
