@@ -407,7 +407,8 @@ def _animation(img, count, size, fit, max_frames, max_decode_bytes):
             f"The animation has {count:,} frames, more than the limit of {max_frames:,} (MAX_FRAMES); "
             "frames=first makes a still of its first frame."
         )
-    kept = count * size[0] * size[1] * 4  # at most the box, RGBA
+    out_w, out_h = _output_size(img.size, size, fit)
+    kept = count * out_w * out_h * 4  # RGBA
     _check_decode_bytes(img, max_decode_bytes, kept)
     thumbs, durations = [], []
     try:
@@ -425,6 +426,14 @@ def _animation(img, count, size, fit, max_frames, max_decode_bytes):
     if "loop" in img.info:  # a GIF without a loop count plays once
         timing["loop"] = img.info["loop"]
     return thumbs, timing
+
+
+def _output_size(src_size, size, fit):
+    """The size _resize makes of src_size (at most; "contain" never upscales), for an estimate."""
+    if fit != "contain":
+        return size
+    scale = min(1, size[0] / src_size[0], size[1] / src_size[1])
+    return math.ceil(src_size[0] * scale), math.ceil(src_size[1] * scale)
 
 
 def _draft_size(src_size, size, fit, swapped):

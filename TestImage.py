@@ -1082,7 +1082,7 @@ def test_hostile_heics_get_their_sentence(tmp_path):
     the image); nothing written."""
     with PILImage.open(TESTDATA / "castle_image.jpg") as photo:
         data = heic_of(tmp_path / "castle.heic", photo).read_bytes()
-        heic_of(tmp_path / "big.heic", photo.resize((2000, 1000)))
+    heic_of(tmp_path / "big.heic", PILImage.new("RGB", (2000, 1000), "teal"))
     half = write(tmp_path / "half.heic", data[: len(data) // 2])
     head = write(tmp_path / "head.heic", data[:300])
     out = tmp_path / "out"
@@ -1199,20 +1199,22 @@ def test_a_transparent_animation_stays_transparent(tmp_path):
 
 def test_too_many_frames_are_refused_before_decoding(tmp_path, monkeypatch):
     """Tried: a 10,000-frame 8x8 GIF (a few hundred KB) under the default MAX_FRAMES (1,000), and 300 frames
-    of 500x500 into a 1024 box under a 256 MB budget. Got: the frame sentence, which points to frames=first,
+    of 64x48 covering a 1024 box under a 256 MB budget. Got: the frame sentence, which points to frames=first,
     and the decode sentence counting every resized frame held (300 x 1024 x 1024 x 4 bytes), no frame decoded
-    in either, nothing written; frames=first makes the still, and a size job counts the frames."""
+    in either, nothing written; frames=first makes the still, and a size job counts the frames. Contained in
+    the same box (never upscaled: 64x48 a frame) the 300 frames are made."""
     many = animation(tmp_path / "many.gif", "GIF", size=(8, 8), count=10_000)
-    big = animation(tmp_path / "big.gif", "GIF", size=(500, 500), count=300)
+    big = animation(tmp_path / "big.gif", "GIF", count=300)
     sizes = decoded_sizes(monkeypatch)
     out = tmp_path / "out"
     assert image_error(Image.make_thumbnail, many, out / "t.gif") == (
         "The animation has 10,000 frames, more than the limit of 1,000 (MAX_FRAMES); "
         "frames=first makes a still of its first frame."
     )
-    assert image_error(Image.make_thumbnail, big, out / "t.gif", 1024, 1024) == (
+    assert image_error(Image.make_thumbnail, big, out / "t.gif", 1024, 1024, "cover") == (
         "Decoding the animation would take about 1,201 MB, more than the limit of 256 MB (MAX_DECODE_MB)."
     )
     assert sizes == [] and not out.exists()
     assert Image.read_size(many, LIMIT)["frames"] == 10_000
     assert "frames" not in Image.make_thumbnail(many, tmp_path / "t.png", frames="first")
+    assert Image.make_thumbnail(big, tmp_path / "t.gif", 1024, 1024)["frames"] == 300
