@@ -17,7 +17,6 @@ from rq import SimpleWorker, Worker
 from imagejobs import answers, batch, jobs
 from imagejobs.actions import ACTIONS
 from imagejobs.config import settings
-from imagejobs.worker import WORKER_TTL
 from RedisConfig import SERIALIZER, connection, queue
 from tests.support import copy_sample, jpeg_bytes, rel, result_of, submit
 
@@ -386,7 +385,7 @@ def test_health_reports_redis_workers_and_queues(client):
 
 def test_workers_stay_registered_while_they_wait_for_work(client, folder, images_root):
     """After a job, a worker's key must outlive its block waiting for the next one (WORKER_TTL - 15 s): RQ
-    gives the key only HEARTBEAT_TTL as a job starts, and a key that expires gets a live worker dropped
+    gives the key only JOB_HEARTBEAT_TTL as a job starts, and a key that expires gets a live worker dropped
     from the registry (GET /health then counts one worker fewer)."""
     copy_sample(PHOTO, folder / "a.jpg")
     for _ in range(4):  # enough jobs to reach both workers
@@ -395,7 +394,7 @@ def test_workers_stay_registered_while_they_wait_for_work(client, folder, images
         )
     redis = connection()
     deadline = time.monotonic() + 5  # each worker renews its key right after its job
-    while min(redis.ttl(worker.key) for worker in Worker.all(connection=redis)) <= WORKER_TTL - 15:
+    while min(redis.ttl(worker.key) for worker in Worker.all(connection=redis)) <= settings.worker_ttl - 15:
         assert time.monotonic() < deadline, {
             worker.name: redis.ttl(worker.key) for worker in Worker.all(connection=redis)
         }

@@ -34,6 +34,8 @@ WORKER_COMMAND = [sys.executable, "worker.py"]
 STOP_GRACE = 8.0  # seconds the API and workers get to stop before they are killed; Redis gets the rest of 10
 POLL = 0.25  # seconds between looks at the children
 REDIS_RESTARTS = 8  # restarts of the private Redis in a row that fail before run.py gives up (45.5 s of back-off)
+REDIS_FIRST_DELAY = 0.5  # seconds before the first restart; each next one waits twice as long, up to
+# REDIS_RESTART_MAX_DELAY (a setting: the default 10 s gives 0.5, 1, 2, 4, 8, 10, 10, 10)
 REDIS_STABLE = 30.0  # seconds a restarted Redis must stay up before its next death counts from attempt 1 again
 REDIS_LOAD_TIMEOUT = 60.0  # seconds a restarted Redis may take to load its AOF and answer
 
@@ -94,8 +96,9 @@ def say(message: str) -> None:
 
 
 def restart_delay(attempt: int) -> float:
-    """The back-off before restart number `attempt` (from 1) of a run: 0.5 s, 1, 2, 4, 8, then 10 s."""
-    return min(0.5 * 2 ** (attempt - 1), 10.0)
+    """The back-off before restart number `attempt` (from 1) of a run: 0.5 s, 1, 2, 4, ... up to
+    REDIS_RESTART_MAX_DELAY."""
+    return min(REDIS_FIRST_DELAY * 2 ** (attempt - 1), settings.redis_restart_max_delay)
 
 
 class Stack:

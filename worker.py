@@ -19,7 +19,7 @@ from imagejobs import answers, callbacks, jobs, metrics
 from imagejobs.config import settings
 from imagejobs.processors import classify
 from imagejobs.startup import CannotStart, check_writable
-from imagejobs.worker import MAINTENANCE_INTERVAL, WORKER_TTL, ImageWorker, TrustedJob
+from imagejobs.worker import ImageWorker, TrustedJob
 from log import setup_logging
 from RedisConfig import (
     CLASSIFY_QUEUE,
@@ -75,8 +75,8 @@ def main(argv=None) -> int:
         connection=redis,
         serializer=SERIALIZER,
         job_class=TrustedJob,
-        worker_ttl=WORKER_TTL,
-        maintenance_interval=MAINTENANCE_INTERVAL,
+        worker_ttl=settings.worker_ttl,
+        maintenance_interval=settings.maintenance_interval,
     )
     for _ in range(callbacks.COURIERS):  # deliver callbacks beside the jobs
         callbacks.Courier(redis, settings, partial(answer_of, redis)).start()

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     redis_start_timeout: int = Field(
         60, ge=0, description="seconds a process starting waits for Redis to answer before it stops with the reason"
     )
+    redis_restart_max_delay: float = Field(
+        10, ge=0.5, description="run.py: the longest wait before restarting its own Redis again (from 0.5 s, doubling)"
+    )
     redis_sentinels: str = Field(
         "",
         description="comma-separated host:port of Redis Sentinels: set, the Redis master is the one they name "
@@ -74,6 +77,21 @@ class Settings(BaseSettings):
     classifier_cache_dir: str | None = Field(None, description="where the converted built-in model is cached")
     job_timeout: int = Field(600, ge=1, description="seconds one job (one image or one chunk) may run")
     job_retries: int = Field(2, ge=0, description="re-runs of a job whose worker died")
+    job_heartbeat_ttl: int = Field(
+        30,
+        ge=3,
+        description="seconds a running job's heartbeat lasts (renewed every third of it): a job whose worker "
+        "died is taken up again about this long after, once another worker looks (MAINTENANCE_INTERVAL)",
+    )
+    maintenance_interval: int = Field(
+        15, ge=1, description="seconds between a worker's looks for abandoned jobs and for inputs past INPUT_TTL"
+    )
+    worker_ttl: int = Field(
+        45,
+        ge=16,
+        description="seconds a worker's registration outlives its last beat, less 60; an idle worker wakes every "
+        "WORKER_TTL - 15 s to beat and look",
+    )
     chunk_size: int = Field(32, ge=1, description="most images in one job of a batch")
     callback_secret: str | None = Field(
         None, description="the secret clients' callback secrets derive from; unset: one made once and kept in Redis"

@@ -7,10 +7,11 @@ bench/job_overhead.py), and keeps nothing warm between jobs; a SimpleWorker keep
 classifier, the model) loaded. The price: a job that crashes the interpreter takes the worker with it;
 RQ then sees the job abandoned and retries it.
 
-While a job runs, a thread keeps the job's heartbeat (HEARTBEAT_TTL), and idle workers look for
-abandoned jobs every MAINTENANCE_INTERVAL: a job whose worker was killed is found within about a
-minute and retried (JOB_RETRIES), where a plain SimpleWorker would leave it "started" for
-JOB_TIMEOUT + 60 s and look only every 10 minutes.
+While a job runs, a thread keeps the job's heartbeat (JOB_HEARTBEAT_TTL), and workers look for
+abandoned jobs every MAINTENANCE_INTERVAL (an idle one wakes every WORKER_TTL - 15 s): with the defaults a
+job whose worker was killed is found within about a minute and retried (JOB_RETRIES), where a plain
+SimpleWorker would leave it "started" for JOB_TIMEOUT + 60 s and look only every 10 minutes. The three
+are settings, so a test (or an impatient operator) can make it seconds.
 
 Per job, a plain SimpleWorker makes about 30 Redis round trips; 10 of them renew the worker's own
 key (which lives WORKER_TTL + 60 s) and 3 more re-write an unchanged state or re-check `rq suspend`.
@@ -32,9 +33,6 @@ from rq.worker import WorkerStatus
 
 from imagejobs import batch, callbacks, config, inputs, jobs, metrics, tasks
 
-HEARTBEAT_TTL = 30  # seconds a running job's heartbeat lasts; the beat is renewed every third of that
-MAINTENANCE_INTERVAL = 15  # seconds between a worker's looks for abandoned jobs
-WORKER_TTL = 45  # the worker's own key; an idle worker wakes every WORKER_TTL - 15 s to beat and look
 WORKER_BEAT_EVERY = 5  # seconds; between jobs' own renewals, the worker's key is renewed at most this often
 SUSPENSION_CHECK_EVERY = 1  # seconds; `rq suspend` takes effect within this, instead of costing a round trip per job
 
@@ -49,12 +47,12 @@ class ImageWorker(SimpleWorker):
     _beat_thread = None
 
     def get_heartbeat_ttl(self, job) -> int:
-        return HEARTBEAT_TTL
+        return config.settings.job_heartbeat_ttl
 
     def heartbeat(self, timeout=None, pipeline=None):
         """RQ's heartbeat, skipped when the key got its full life (WORKER_TTL + 60 s) within WORKER_BEAT_EVERY.
 
-        A beat with a timeout (RQ gives the key only HEARTBEAT_TTL as a job starts) never counts as full,
+        A beat with a timeout (RQ gives the key only JOB_HEARTBEAT_TTL as a job starts) never counts as full,
         so the beat after the job is always made: skipping it would let an idle worker's key expire
         while it blocks for work. A beat of its own is one round trip (HSET and EXPIRE pipelined).
         """
@@ -166,11 +164,11 @@ class ImageWorker(SimpleWorker):
 
     def _beat(self) -> None:
         """One thread for the worker's life (a thread per job cost ~0.1 ms a job): every third of
-        HEARTBEAT_TTL it renews the heartbeat of the job running then, and adds what this process counted
+        JOB_HEARTBEAT_TTL it renews the heartbeat of the job running then, and adds what this process counted
         (metrics.WORK) to Redis. RQ's heartbeat only updates what still exists (XX), so a beat that races
         with the job's end leaves nothing behind."""
         while True:
-            time.sleep(HEARTBEAT_TTL / 3)
+            time.sleep(config.settings.job_heartbeat_ttl / 3)
             job = self._running
             try:
                 metrics.WORK.flush(self.connection)

@@ -20,7 +20,7 @@ from PIL import Image as PILImage
 
 from imagejobs import embedded_redis
 from imagejobs.embedded_redis import free_port
-from tests.support import RunningService, copy_sample
+from tests.support import QUICK_RECOVERY, RunningService, copy_sample
 
 SLOW = {"width": "2000", "height": "2000", "fit": "stretch", "format": "png"}  # about a second per image
 
@@ -53,7 +53,12 @@ def redis_server(tmp_path):
 
 def start_service(tmp_path, redis_server, *args, **env) -> tuple[RunningService, str]:
     service = RunningService(
-        tmp_path, "--no-classifier", "--port", str(free_port()), *args, env={"REDIS_URL": redis_server.url, **env}
+        tmp_path,
+        "--no-classifier",
+        "--port",
+        str(free_port()),
+        *args,
+        env={"REDIS_URL": redis_server.url, **QUICK_RECOVERY, **env},
     )
     return service, service.url()
 
@@ -166,11 +171,15 @@ def test_redis_restarted_mid_batch_loses_nothing(tmp_path, redis_server, stop_af
     redis_server.start()  # the same port and data
     done = result(url, job_id, within=180)
     assert_every_image_once(done, folder, 8)
-    assert requests.get(url + "health", timeout=10).json()["workers"] == 2  # the workers reconnected
+    # The workers reconnected: a worker that died as Redis did is started again, and one whose registration
+    # was lost registers again at its next beat (an idle one beats every WORKER_TTL - 15 s).
+    wait_until(lambda: requests.get(url + "health", timeout=10).json()["workers"] == 2, 20, "a worker is missing")
 
 
 def test_run_py_restarts_its_own_redis_killed_mid_batch_and_loses_nothing(tmp_path, stop_afterwards):
-    service = RunningService(tmp_path, "--no-classifier", "--workers", "2", "--port", str(free_port()))
+    service = RunningService(
+        tmp_path, "--no-classifier", "--workers", "2", "--port", str(free_port()), env=QUICK_RECOVERY
+    )
     stop_afterwards(service)
     url = service.url()
     folder = photo_folder(service.images, "embedded", 8)
@@ -223,7 +232,9 @@ def wait_for_line(said: list[str], text: str, within: float) -> None:
 
 
 def test_run_py_keeps_restarting_its_redis_with_back_off_until_it_can(tmp_path, stop_afterwards):
-    service = RunningService(tmp_path, "--no-classifier", "--workers", "1", "--port", str(free_port()))
+    service = RunningService(
+        tmp_path, "--no-classifier", "--workers", "1", "--port", str(free_port()), env=QUICK_RECOVERY
+    )
     stop_afterwards(service)
     url = service.url()
     said = stderr_lines(service)
@@ -244,7 +255,16 @@ def test_run_py_keeps_restarting_its_redis_with_back_off_until_it_can(tmp_path, 
 
 
 def test_run_py_gives_up_on_its_redis_after_restarts_in_a_row_fail(tmp_path, stop_afterwards):
-    service = RunningService(tmp_path, "--no-classifier", "--workers", "1", "--port", str(free_port()))
+    # REDIS_RESTART_MAX_DELAY=1: 0.5 + 7 x 1 s of back-off (7.5 s) instead of the default's 45.5 s.
+    service = RunningService(
+        tmp_path,
+        "--no-classifier",
+        "--workers",
+        "1",
+        "--port",
+        str(free_port()),
+        env={**QUICK_RECOVERY, "REDIS_RESTART_MAX_DELAY": "1"},
+    )
     stop_afterwards(service)
     service.url()
     said = stderr_lines(service)
@@ -252,7 +272,7 @@ def test_run_py_gives_up_on_its_redis_after_restarts_in_a_row_fail(tmp_path, sto
     (redis,) = redis_servers_of(service)
     corrupt_aof(tmp_path / "data")
     redis.send_signal(signal.SIGKILL)
-    assert service.process.wait(120) == 1  # 0.5 + 1 + 2 + 4 + 8 + 10 + 10 + 10 s of back-off, then it stops
+    assert service.process.wait(60) == 1  # 0.5 + 1 + 1 + 1 + 1 + 1 + 1 + 1 s of back-off, then it stops
     wait_for_line(said, "giving up", 5)
     assert len([line for line in said if "restarting it from its AOF (attempt" in line]) == 8, said
     (gave_up,) = [line for line in said if "giving up" in line]

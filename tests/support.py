@@ -33,6 +33,11 @@ MB = 1024 * 1024
 # --- files and processes ------------------------------------------------------------------------------
 
 
+# A job whose worker died is found in seconds instead of about a minute: its heartbeat lasts 6 s, workers look
+# every 2 s and an idle one wakes every 5 s (the defaults, 30, 15 and 30 s, run in tests/TestCompose.py).
+QUICK_RECOVERY = {"JOB_HEARTBEAT_TTL": "6", "MAINTENANCE_INTERVAL": "2", "WORKER_TTL": "20"}
+
+
 def run_command(argv, env=None, timeout=600, check=True, cwd=None) -> subprocess.CompletedProcess:
     """A command's outcome, its output captured; AssertionError with the output's end if it fails and check."""
     done = subprocess.run(
