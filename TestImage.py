@@ -30,7 +30,7 @@ PHOTOS = {  # name: (width, height, Pillow format, mode)
 }
 LIMIT = 50_000_000
 MB = 1024 * 1024
-NOT_AN_IMAGE = "The file is not an image Pillow can read (JPEG, PNG, WebP, AVIF, HEIC, GIF, BMP or TIFF)."
+NOT_AN_IMAGE = "The file is not an image Pillow can read (JPEG, PNG, WebP, AVIF, HEIC, JPEG XL, GIF, BMP or TIFF)."
 CORRUPT = "The image data is truncated or corrupt."
 
 
@@ -780,7 +780,7 @@ def test_bad_arguments_are_value_errors(tmp_path):
 def test_constants():
     assert Image.FORMATS == ("jpeg", "png", "webp", "avif", "gif")
     assert Image.IMAGE_EXTENSIONS == {
-        *(".jpg", ".jpeg", ".png", ".webp", ".avif", ".heic", ".heif", ".gif", ".bmp", ".tif", ".tiff")
+        *(".jpg", ".jpeg", ".png", ".webp", ".avif", ".heic", ".heif", ".jxl", ".gif", ".bmp", ".tif", ".tiff")
     }
 
 
@@ -1095,6 +1095,70 @@ def test_hostile_heics_get_their_sentence(tmp_path):
         "Decoding the image would take about 23 MB, more than the limit of 4 MB (MAX_DECODE_MB)."
     )
     assert not out.exists()
+
+
+# --- JPEG XL --------------------------------------------------------------------------------------
+
+
+def jxl_declaring(width_and_height: int) -> bytes:
+    """A bare JPEG XL codestream whose SizeHeader says a square of that side, and nothing after it: a bomb
+    of 21 bytes. Bits least significant first: small=0, U32 selector 3 (30 bits) for the height, ratio 1."""
+    bits = (3 << 1) | ((width_and_height - 1) << 3) | (1 << 33)
+    return b"\xff\x0a" + bits.to_bytes(8, "little") + bytes(11)
+
+
+def test_jpeg_xl_is_read_in_both_forms_and_becomes_a_jpeg(tmp_path):
+    """JPEG XL was "not an image". castle_image.jpg as a bare JPEG XL codestream and as a container (JPEG
+    recompressed losslessly: the jxlp box) is sized 800x480 and thumbnailed into a JPEG (only Safari shows
+    JPEG XL) whose pixels match the photo's own thumbnail's; the size read from the header before the plugin
+    decodes is the decoded one, for odd and ratio-coded sizes too."""
+    with PILImage.open(TESTDATA / "castle_image.jpg") as photo:
+        photo.save(tmp_path / "bare.jxl", quality=90)
+        photo.save(tmp_path / "boxed.jxl", lossless=True)
+        photo.resize((1001, 333)).save(tmp_path / "odd.jxl")
+        photo.resize((1024, 768)).save(tmp_path / "ratio.jxl")
+        photo.resize((64, 48)).save(tmp_path / "small.jxl")
+    assert (tmp_path / "boxed.jxl").read_bytes()[4:8] == b"JXL " and b"jxlp" in (tmp_path / "boxed.jxl").read_bytes()
+    Image.make_thumbnail(TESTDATA / "castle_image.jpg", tmp_path / "expected.jpg", 200, 200)
+    expected = np.asarray(opened(tmp_path / "expected.jpg"), dtype=float)
+    for name in ("bare", "boxed"):
+        assert Image.read_size(tmp_path / f"{name}.jxl", LIMIT) == {
+            "width": 800,
+            "height": 480,
+            "format": "JXL",
+            "mode": "RGB",
+        }
+        made = Image.make_thumbnail(tmp_path / f"{name}.jxl", tmp_path / f"{name}.jpg", 200, 200)
+        assert made == {"width": 200, "height": 120, "format": "JPEG"}
+        assert np.abs(np.asarray(opened(tmp_path / f"{name}.jpg"), dtype=float) - expected).mean() < 6
+    for name, size in (("odd", (1001, 333)), ("ratio", (1024, 768)), ("small", (64, 48))):
+        assert Image._jxl_size(tmp_path / f"{name}.jxl") == size == opened(tmp_path / f"{name}.jxl").size
+
+
+def test_hostile_jpeg_xls_are_refused_before_the_plugin_decodes(tmp_path, monkeypatch):
+    """pillow-jxl-plugin decodes the whole image as Image.open opens it, before any check of ours could run.
+    Tried, with the plugin's open made to fail: a 21-byte JPEG XL declaring 100,000 x 100,000 pixels, and an
+    800x480 one under a 1 MB budget. Got: the pixel and the decode sentences, the plugin never called. Then
+    with the plugin: half a JPEG XL (libjxl's "Generic Error") and its first 20 bytes (the container's
+    signature and ftyp box, no codestream) are "truncated or corrupt", nothing written."""
+    from pillow_jxl.JpegXLImagePlugin import JXLImageFile
+
+    bomb = write(tmp_path / "bomb.jxl", jxl_declaring(100_000))
+    with PILImage.open(TESTDATA / "castle_image.jpg") as photo:
+        photo.save(tmp_path / "castle.jxl")
+    data = (tmp_path / "castle.jxl").read_bytes()
+    opening = JXLImageFile._open
+    monkeypatch.setattr(JXLImageFile, "_open", lambda img: pytest.fail("the plugin decoded"))
+    assert image_error(Image.read_size, bomb, LIMIT) == (
+        "The image has 10,000,000,000 pixels, more than the limit of 50,000,000 (MAX_IMAGE_PIXELS)."
+    )
+    assert image_error(Image.make_thumbnail, tmp_path / "castle.jxl", tmp_path / "t.jpg", max_decode_bytes=MB) == (
+        "Decoding the image would take about 4 MB, more than the limit of 1 MB (MAX_DECODE_MB)."
+    )
+    monkeypatch.setattr(JXLImageFile, "_open", opening)
+    for name, part in (("half.jxl", data[: len(data) // 2]), ("head.jxl", data[:20])):
+        assert image_error(Image.make_thumbnail, write(tmp_path / name, part), tmp_path / "out" / "t.jpg") == CORRUPT
+    assert not (tmp_path / "out").exists() and not (tmp_path / "t.jpg").exists()
 
 
 # --- animations kept ------------------------------------------------------------------------------

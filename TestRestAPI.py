@@ -574,6 +574,7 @@ def every_format(folder: Path) -> None:
     with PILImage.open(Path(__file__).parent / "testdata" / PHOTO) as photo:
         photo.save(folder / "photo.heic", quality=80)
         photo.save(folder / "photo.avif", quality=80)
+        photo.save(folder / "photo.jxl", quality=80)
         for name, fmt in (("photo.png", "PNG"), ("photo.webp", "WEBP"), ("photo.bmp", "BMP"), ("photo.tif", "TIFF")):
             photo.save(folder / name, fmt)
         photo.convert("P").save(folder / "still.gif")
@@ -584,24 +585,25 @@ def every_format(folder: Path) -> None:
     for name in ("photo.heic", "photo.avif"):
         data = (folder / name).read_bytes()
         (folder / f"half-{name}").write_bytes(data[: len(data) // 2])
-    (folder / "photo.jxl").write_bytes(b"\xff\x0a not read")  # JPEG XL is not read: not listed
+    (folder / "notes.txt").write_text("not an image: not listed")
 
 
 def test_a_folder_of_every_format_is_one_batch(client, folder, images_root):
-    """Tried: one folder holding a JPEG, PNG, WebP, AVIF, HEIC, BMP and TIFF of the same photo, a still GIF,
-    animated GIF, WebP and APNG (4 frames, 100-400 ms), a 1,001-frame GIF, half an AVIF and half a HEIC, and a
-    .jxl; one resize request, 50x50. Got: one batch of 14 images (the .jxl not listed); each photo's thumbnail
-    50x30 in its format family (HEIC as JPEG, BMP and TIFF as PNG); each animation animated in its own format
-    with its 4 durations and "frames": 4; the 1,001-frame GIF's entry says MAX_FRAMES; the halves are
-    "truncated or corrupt". A size job on the animated GIF says "frames": 4; the thumbnails are served with
-    their media types."""
+    """Tried: one folder holding a JPEG, PNG, WebP, AVIF, HEIC, JPEG XL, BMP and TIFF of the same photo, a still
+    GIF, animated GIF, WebP and APNG (4 frames, 100-400 ms), a 1,001-frame GIF, half an AVIF and half a HEIC, and
+    a text file; one resize request, 50x50. Got: one batch of 15 images (the text file not listed); each photo's
+    thumbnail 50x30 in its format family (HEIC and JPEG XL as JPEG, BMP and TIFF as PNG); each animation
+    animated in its own format with its 4 durations and "frames": 4; the 1,001-frame GIF's entry says
+    MAX_FRAMES; the halves are "truncated or corrupt" (half an AVIF: "not an image", libavif cannot even
+    parse it). A size job on the animated GIF says "frames": 4; the thumbnails are served with their media
+    types."""
     every_format(folder)
     body = submit(client, "POST", data={"imagePath": rel(folder, images_root), "width": "50", "height": "50"})
     done = result_of(client, body["jobId"])
     entries = {Path(entry["image"]).name: entry for entry in done["result"]["images"]}
-    assert len(entries) == 14 and "photo.jxl" not in entries
+    assert len(entries) == 15 and "notes.txt" not in entries
     formats = {"photo.jpg": "JPEG", "photo.png": "PNG", "photo.webp": "WEBP", "photo.avif": "AVIF"}
-    formats |= {"photo.heic": "JPEG", "photo.bmp": "PNG", "photo.tif": "PNG", "still.gif": "PNG"}
+    formats |= {"photo.heic": "JPEG", "photo.jxl": "JPEG", "photo.bmp": "PNG", "photo.tif": "PNG", "still.gif": "PNG"}
     for name, written in formats.items():
         assert entries[name]["result"] | {"path": None} == {
             "path": None,
@@ -620,7 +622,7 @@ def test_a_folder_of_every_format_is_one_batch(client, folder, images_root):
     for name in ("half-photo.heic", "half-photo.avif"):
         assert entries[name]["error"] in (
             "The image data is truncated or corrupt.",
-            "The file is not an image Pillow can read (JPEG, PNG, WebP, AVIF, HEIC, GIF, BMP or TIFF).",
+            "The file is not an image Pillow can read (JPEG, PNG, WebP, AVIF, HEIC, JPEG XL, GIF, BMP or TIFF).",
         ), name
     served = client.get(f"/images/file?path={entries['photo.avif']['result']['path']}")
     assert served.status_code == 200 and served.mimetype == "image/avif"

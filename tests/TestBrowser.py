@@ -351,6 +351,21 @@ def test_classifying_the_castle_says_castle(page):
     shot(page, "classify")
 
 
+def test_a_classified_upload_shows_the_picture_it_sent(page):
+    """A classified upload showed its labels alone (the page named no picture but a path's). Tried: jemma.png
+    uploaded, classify. Got: "beagle", and beside it the picture the page sent (from the picked file), drawn."""
+    choose(page, "source", "upload")
+    page.set_input_files("#file-input", str(TESTDATA / "jemma.png"))
+    choose(page, "action", "classify")
+    page.click("#submit")
+    job = newest_job(page)
+    expect(job.locator(".predictions .pred-label").first).to_have_text("beagle")
+    expect(job.locator(".classification img.classified")).to_have_attribute("alt", "The classified image, jemma.png")
+    image_loaded(page, ".job .classification img.classified")
+    assert job.locator(".classification img.classified").evaluate("img => img.naturalWidth") == 375
+    shot(page, "classify-upload")
+
+
 def test_a_histogram_plot_shows_the_chart(page):
     choose(page, "source", "path")
     page.fill("#image-path", "castle_image.jpg")

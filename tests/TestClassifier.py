@@ -344,7 +344,8 @@ def test_open_rgb_errors_are_image_errors(tmp_path):
     (tmp_path / "cut.jpg").write_bytes(full[: len(full) // 2])
     cases = {
         "empty.jpg": "The file is empty (0 bytes).",
-        "text.jpg": "The file is not an image Pillow can read (JPEG, PNG, WebP, AVIF, HEIC, GIF, BMP or TIFF).",
+        "text.jpg": "The file is not an image Pillow can read "
+        "(JPEG, PNG, WebP, AVIF, HEIC, JPEG XL, GIF, BMP or TIFF).",
         "cut.jpg": "The image data is truncated or corrupt.",
         "missing.jpg": "The file does not exist.",
         "": "The path is a folder, not an image file.",

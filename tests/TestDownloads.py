@@ -587,7 +587,7 @@ def test_text_is_not_an_image_and_leaves_no_file(server, tmp_path):
     message = refusal(fetch, server.url("/notes.txt"), tmp_path)
     assert message == (
         "The URL's content is not an image: "
-        "the file is not an image Pillow can read (JPEG, PNG, WebP, AVIF, HEIC, GIF, BMP or TIFF)."
+        "the file is not an image Pillow can read (JPEG, PNG, WebP, AVIF, HEIC, JPEG XL, GIF, BMP or TIFF)."
     )
     assert files_in(tmp_path) == []
 

@@ -5,4 +5,7 @@ from imagejobs.processors import Work, each_image
 
 
 def process(work: Work):
-    yield from each_image(work, lambda path: Image.read_size(path, work.settings.max_image_pixels))
+    settings = work.settings
+    yield from each_image(
+        work, lambda path: Image.read_size(path, settings.max_image_pixels, max_decode_bytes=settings.max_decode_bytes)
+    )

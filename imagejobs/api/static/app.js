@@ -3,7 +3,7 @@
 import { api, askToken, blobUrl, errorSentence, forgetToken, onTokenChange, readJson, saveFile, token, whenToken } from "./api.js";
 import { imageNamePattern, loadCatalogue, optionsOf, renderActions, titleOf } from "./actions.js";
 import { announce, formatBytes, h, icon, number, plural, sleep } from "./dom.js";
-import { canceledView, resultView } from "./results.js";
+import { canceledView, rememberPicture, resultView } from "./results.js";
 
 const $ = (id) => document.getElementById(id);
 const form = $("job-form");
@@ -338,6 +338,7 @@ function buildRequest() {
     return {
       url, init: { method: "POST", body }, action, options, source,
       subject: names.length === 1 ? names[0] : `${names.length} uploaded files`,
+      picture: picked.length === 1 ? picked[0] : null,
       detail: names.length === 1 ? "1 uploaded file" : names.slice(0, 3).join(", ") + (names.length > 3 ? ` and ${names.length - 3} more` : ""),
     };
   }
@@ -400,6 +401,7 @@ function queued(request, answer) {
     subject: request.subject, detail: request.detail, source: request.source, submitted: new Date().toISOString(),
     redo: request.source === "upload" ? null : { url: request.url, body: JSON.parse(request.init.body) },
   };
+  if (request.picture) rememberPicture(job.id, request.picture);
   addJob(job, true);
   announce(`Job queued: ${job.title}.`);
 }

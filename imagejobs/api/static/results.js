@@ -64,16 +64,39 @@ function fileFigure(path, alt, downloadName, files, kind, caption, linkText) {
   return figure;
 }
 
-/** Labels with score bars, beside the picture they are about when the page can name it (a path under the root). */
+// The file picked for a single upload, by jobId, while this page lives (not kept across a reload: the page does
+// not keep files), so its classification can show it.
+const uploadedPictures = new Map();
+
+/** Keep the File a one-file upload job sent, to show beside its result. */
+export function rememberPicture(jobId, file) {
+  uploadedPictures.set(jobId, file);
+}
+
+/** Labels with score bars, beside the picture they are about when the page can show it: a path under the root,
+ * or the file this page uploaded (one a browser cannot draw, a HEIC in most, is left out quietly). */
 function predictionsView(job, result, files) {
-  const picture = job.source === "path" && job.subject
-    ? pictureOf(`/images/file?path=${encodeURIComponent(job.subject)}`, `The classified image, ${job.subject}`, files)
-    : null;
+  const alt = `The classified image, ${job.subject}`;
+  const uploaded = uploadedPictures.get(job.id);
+  let picture = null;
+  if (uploaded) picture = uploadedPicture(uploaded, alt);
+  else if (job.source === "path" && job.subject) {
+    picture = pictureOf(`/images/file?path=${encodeURIComponent(job.subject)}`, alt, files);
+  }
   return h("div", { class: "classification" },
     picture,
     h("div", {},
       predictionList(result.predictions),
       result.model ? h("p", { class: "hint", text: `Model: ${result.model}` }) : null));
+}
+
+function uploadedPicture(file, alt) {
+  const url = URL.createObjectURL(file);
+  const img = h("img", { alt, class: "classified", decoding: "async" });
+  img.addEventListener("load", () => URL.revokeObjectURL(url), { once: true });
+  img.addEventListener("error", () => { URL.revokeObjectURL(url); img.remove(); }, { once: true });
+  img.src = url;
+  return img;
 }
 
 /** An image the service serves, shown small; left out quietly if it cannot be fetched (deleted since, say). */
