@@ -22,11 +22,13 @@ and after).
 """
 
 import logging
+import signal
 import threading
 import time
 
 from redis.exceptions import RedisError
 from rq import SimpleWorker
+from rq.exceptions import StopRequested
 from rq.job import Job, _job_stack
 from rq.utils import now
 from rq.worker import WorkerStatus
@@ -57,6 +59,8 @@ class ImageWorker(SimpleWorker):
         while it blocks for work. A beat of its own is one round trip (HSET and EXPIRE pipelined).
         """
         full = timeout is None
+        if full and pipeline is None and self._stop_requested and self.get_state() != WorkerStatus.BUSY:
+            raise StopRequested()  # a warm shutdown asked for (request_stop); here between jobs, and each dequeue
         if (
             full
             and pipeline is None
@@ -97,6 +101,23 @@ class ImageWorker(SimpleWorker):
             logging.getLogger(__name__).warning("worker %s could not register again (%s)", self.name, exc)
             return
         logging.getLogger(__name__).warning("worker %s registered again: its key had expired", self.name)
+
+    def request_stop(self, signum, frame):
+        """RQ's warm shutdown (SIGTERM, or a first SIGINT), safe whenever the signal lands.
+
+        RQ's handler writes to Redis inside the signal handler and, when the worker is not busy, raises
+        StopRequested wherever the main thread is without remembering the request: raised inside an except-all
+        (a maintenance step, say) it was lost, and the worker went on serving. A worker sent SIGTERM mid-chunk
+        in the fault suite, under load, finished its chunk and then served on until it was killed, once. Here
+        the request is remembered first and nothing is written; a worker that is not busy still stops at once,
+        and the next full heartbeat (each turn of the dequeue loop, and after each job) stops it if that raise
+        went astray. A second signal is a cold shutdown, as in RQ."""
+        signal.signal(signal.SIGINT, self.request_force_stop)
+        signal.signal(signal.SIGTERM, self.request_force_stop)
+        self._shutdown_requested_date = now()
+        self._stop_requested = True
+        if self.get_state() != WorkerStatus.BUSY:
+            raise StopRequested()
 
     def set_state(self, state, pipeline=None):
         """RQ's set_state, but an unchanged state is not written again (it was, once per job)."""
