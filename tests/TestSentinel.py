@@ -20,7 +20,7 @@ from redis.exceptions import ConnectionError, TimeoutError
 from imagejobs.config import Settings
 from imagejobs.embedded_redis import exit_reason, free_port
 from RedisConfig import connect, redis_url
-from tests.support import ROOT, RunningService, start_redis_server
+from tests.support import QUICK_RECOVERY, ROOT, RunningService, start_redis_server
 from tests.TestFaults import SLOW, photo_folder, progress, result, wait_until, workers_of
 
 MASTER = "imagejobs"  # not the default "mymaster": REDIS_SENTINEL_MASTER is used
@@ -172,7 +172,7 @@ def test_a_primary_killed_mid_batch_is_replaced_and_the_batch_loses_nothing(grou
         "2",
         "--port",
         str(free_port()),
-        env={**sentinel_env(group, tmp_path), "CHUNK_SIZE": "2"},
+        env={**sentinel_env(group, tmp_path), **QUICK_RECOVERY, "CHUNK_SIZE": "2"},
     )
     try:
         url = service.url()  # run.py's check asked the sentinels for the master, and the workers registered
