@@ -119,6 +119,18 @@ class ImageWorker(SimpleWorker):
         if self.get_state() != WorkerStatus.BUSY:
             raise StopRequested()
 
+    def unsubscribe(self):
+        """RQ's, without its race. RQ sends UNSUBSCRIBE, then clears its listening thread's flag and joins it
+        without a limit: when the thread read the reply first, it went round again, found itself subscribed to
+        nothing and waited for a subscription for its whole 60 s sleep, and the stop with it. A SIGTERMed
+        worker outlived the fault suite's 60 s wait so, and a test's burst worker took 60 s to end. Here the
+        flag is cleared first (the reply then ends the thread) and the join is bounded."""
+        if self.pubsub_thread:
+            self.pubsub_thread.stop(timeout=0)
+            self.pubsub.unsubscribe()
+            self.pubsub_thread.join(timeout=1)
+            self.pubsub.close()
+
     def set_state(self, state, pipeline=None):
         """RQ's set_state, but an unchanged state is not written again (it was, once per job)."""
         if pipeline is None and state == self.get_state():

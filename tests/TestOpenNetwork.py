@@ -226,6 +226,23 @@ def test_a_warm_shutdown_is_not_lost_where_its_exception_is_swallowed():
     assert time.monotonic() - started < 2
 
 
+def test_a_worker_stops_at_once_whatever_its_listening_thread_was_doing():
+    """RQ's unsubscribe sends UNSUBSCRIBE, then stops its listening thread and joins it without a limit. Tried:
+    the thread made to read that reply first (as it sometimes did by itself: a SIGTERMed worker outlived the
+    fault suite's 60 s wait), then the worker's unsubscribe. RQ's: the thread, subscribed to nothing, waited
+    out its 60 s sleep and the stop with it. Got: the stop within a second."""
+    from imagejobs.worker import ImageWorker
+
+    worker = ImageWorker([queue("unsubscribe-test")], connection=connection())
+    worker.subscribe()
+    time.sleep(0.3)
+    worker.pubsub.unsubscribe()  # the thread reads this reply, goes round and waits for a subscription
+    time.sleep(0.3)
+    started = time.monotonic()
+    worker.unsubscribe()
+    assert time.monotonic() - started < 3
+
+
 # --- request bodies -----------------------------------------------------------------------------------------
 
 

@@ -6,11 +6,11 @@ import io
 import psutil
 from PIL import Image as PILImage
 from redis import Redis
-from rq import SimpleWorker
 
 from imagejobs import jobs, plots, tasks
 from imagejobs.actions import ACTIONS
 from imagejobs.config import settings
+from imagejobs.worker import ImageWorker
 from RedisConfig import SERIALIZER, connection, queue
 from tests.support import copy_sample, rel, result_of, submit
 
@@ -114,11 +114,11 @@ def test_charts_have_their_size_title_and_legend():
 
 
 def test_memory_stays_flat_over_150_plots(folder, images_root, redis_url):
-    """150 histogram jobs run by one real SimpleWorker in this process, on a private queue, after 30 to warm
+    """150 histogram jobs run by one real ImageWorker in this process, on a private queue, after 30 to warm
     up: a figure left open (a few hundred KB each, at the least) would grow it past 5% (10 MB)."""
     PILImage.new("RGB", (64, 48), "orange").save(folder / "tiny.png")
     image = rel(folder / "tiny.png", images_root)
-    worker = SimpleWorker([queue("plot-memory")], connection=Redis.from_url(redis_url), serializer=SERIALIZER)
+    worker = ImageWorker([queue("plot-memory")], connection=Redis.from_url(redis_url), serializer=SERIALIZER)
     me = psutil.Process()
     unserved = dataclasses.replace(ACTIONS["plot"], queue="plot-memory")
 
