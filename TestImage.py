@@ -1282,3 +1282,146 @@ def test_too_many_frames_are_refused_before_decoding(tmp_path, monkeypatch):
     assert Image.read_size(many, LIMIT)["frames"] == 10_000
     assert "frames" not in Image.make_thumbnail(many, tmp_path / "t.png", frames="first")
     assert Image.make_thumbnail(big, tmp_path / "t.gif", 1024, 1024)["frames"] == 300
+
+
+# --- placeholders ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt"), [("castle_image.jpg", None), ("jemma.png", "webp"), ("CogentLabs.jpg", "avif")]
+)
+def test_a_placeholder_decodes_to_the_thumbnails_colours(tmp_path, name, fmt):
+    """Each thumbnail can carry a BlurHash a page draws while it loads. Tried: three photos' thumbnails with
+    placeholder=True. Got: a 28-character BlurHash (4 x 3 components, 3 x 4 for a portrait) that decodes to
+    the thumbnail's mean colour within a few levels, and to its colours region by region (4 x 3 blocks, 20
+    levels apart on average at most: a blur, not a copy)."""
+    import blurhash
+
+    made = Image.make_thumbnail(TESTDATA / name, tmp_path / "t", 200, 200, fmt=fmt, placeholder=True)
+    assert blurhash.is_valid_blurhash(made["placeholder"]) and len(made["placeholder"]) == 28
+    thumb = np.asarray(opened(tmp_path / "t").convert("RGB"), dtype=float)
+    decoded = np.asarray(blurhash.decode(made["placeholder"], made["width"], made["height"]), dtype=float)
+    assert np.abs(decoded.mean(axis=(0, 1)) - thumb.mean(axis=(0, 1))).max() < 8
+    blocks = [PILImage.fromarray(a.astype(np.uint8)).resize((4, 3), PILImage.Resampling.BOX) for a in (thumb, decoded)]
+    assert np.abs(np.asarray(blocks[0], dtype=float) - np.asarray(blocks[1], dtype=float)).mean() < 20
+
+
+def test_a_placeholder_of_a_transparent_or_animated_thumbnail(tmp_path):
+    """Tried: red | transparent (a PNG) and a red-first animation. Got: the transparent half decodes light
+    (flattened onto white, as a page's background, not the black under it); the animation's is its first
+    frame's red. Without placeholder=True there is none (the engine's callers ask for it)."""
+    import blurhash
+
+    transparent = transparent_source(tmp_path, "RGBA")
+    made = Image.make_thumbnail(transparent, tmp_path / "t.png", 64, 64, placeholder=True)
+    decoded = blurhash.decode(made["placeholder"], 64, 64)
+    assert decoded.getpixel((60, 32))[1] > 200 and decoded.getpixel((4, 32))[0] > 200
+    moving = animation(tmp_path / "a.gif", "GIF")
+    made = Image.make_thumbnail(moving, tmp_path / "a-t.gif", 32, 32, placeholder=True)
+    assert made["frames"] == 4 and near(blurhash.decode(made["placeholder"], 8, 6).getpixel((4, 3)), (255, 0, 0), 40)
+    assert "placeholder" not in Image.make_thumbnail(moving, tmp_path / "b.gif", 32, 32)
+
+
+# --- where a crop sits: gravity and focus ---------------------------------------------------------
+
+
+def plain_with(subject, at, size=(1200, 400)) -> PILImage.Image:
+    """A plain, slightly grainy grey photo of size with subject pasted at `at`."""
+    grain = np.random.default_rng(7).normal(0, 3, (size[1], size[0], 1))
+    plain = PILImage.fromarray(np.clip(np.full((size[1], size[0], 3), 200.0) + grain, 0, 255).astype(np.uint8))
+    plain.paste(subject, at)
+    return plain
+
+
+def busy_share(path) -> float:
+    """The share of a thumbnail's pixels far from the plain grey: how much of the subject it kept."""
+    pixels = np.asarray(opened(path).convert("RGB"), dtype=float)
+    return float((np.abs(pixels - 200).max(axis=2) > 40).mean())
+
+
+def test_smart_keeps_a_subject_at_the_far_left_and_centre_cuts_it(tmp_path):
+    """Tried: the castle photo (300x180) pasted at the far left of a plain, grainy 1200x400 grey photo, covered
+    into a 200x200 square (a third of the width is kept). Got: gravity=smart keeps the castle (most of the
+    thumbnail is it); center, today's crop, keeps grey alone; west keeps it too, east does not."""
+    with PILImage.open(TESTDATA / "castle_image.jpg") as castle:
+        source = plain_with(castle.convert("RGB").resize((300, 180)), (0, 110))
+    path = write(tmp_path / "wide.jpg", encode(source, "JPEG", quality=92))
+    shares = {}
+    for gravity in ("smart", "center", "west", "east"):
+        made = Image.make_thumbnail(path, tmp_path / f"{gravity}.png", 200, 200, "cover", "png", gravity=gravity)
+        assert (made["width"], made["height"]) == (200, 200)
+        shares[gravity] = busy_share(tmp_path / f"{gravity}.png")
+    assert shares["smart"] > 0.2 and shares["west"] > 0.2, shares  # the castle fills 0.34 of a left crop
+    assert shares["center"] < 0.01 and shares["east"] < 0.01, shares
+
+
+def test_smart_keeps_the_faces_of_a_group_photo(tmp_path):
+    """Tried: three faces (the astronaut's, from scikit-image) side by side in the right third of a plain, grainy
+    1500x500 photo, covered into a square. Got: gravity=smart keeps all three faces (the crop of the right
+    third); center keeps none."""
+    import skimage.data
+
+    face = PILImage.fromarray(skimage.data.astronaut()).crop((150, 40, 300, 220)).resize((120, 144))
+    source = plain_with(face, (1020, 180), size=(1500, 500))
+    source.paste(face, (1180, 180))
+    source.paste(face, (1340, 180))
+    path = write(tmp_path / "group.jpg", encode(source, "JPEG", quality=92))
+    Image.make_thumbnail(path, tmp_path / "smart.png", 300, 300, "cover", "png", gravity="smart")
+    Image.make_thumbnail(path, tmp_path / "center.png", 300, 300, "cover", "png")
+    smart = np.asarray(opened(tmp_path / "smart.png").convert("RGB"), dtype=float)
+    # The right third's crop is scaled by 0.6: the faces' middles are there at x 24, 120 and 216, y 120 to 180.
+    faces = [smart[120:180, x : x + 48] for x in (24, 120, 216)]
+    assert all((np.abs(part - 200).max(axis=2) > 40).mean() > 0.5 for part in faces)
+    assert busy_share(tmp_path / "center.png") < 0.01
+
+
+def test_focus_keeps_the_point_it_names_and_compass_points_their_edge(tmp_path):
+    """Tried: a 1200x400 grey photo with a red band at its left edge (40 px) and a blue one at its right,
+    covered into squares. Got: focus=0.1,0.5 keeps the red band at the thumbnail's left (the crop cannot be
+    centred on x=0.1 without leaving the image: it is pushed to the edge); focus=0.9,0.5 and east keep the
+    blue; north and south of a tall image keep its top and bottom band; bad values are ValueErrors."""
+    source = PILImage.new("RGB", (1200, 400), (200, 200, 200))
+    source.paste((255, 0, 0), (0, 0, 40, 400))
+    source.paste((0, 0, 255), (1160, 0, 1200, 400))
+    path = write(tmp_path / "bands.png", encode(source, "PNG"))
+    for focus, gravity, colour, x in (
+        ((0.1, 0.5), "center", (255, 0, 0), 2),
+        ((0.9, 0.5), "center", (0, 0, 255), 97),
+        (None, "east", (0, 0, 255), 97),
+        (None, "northwest", (255, 0, 0), 2),
+    ):
+        Image.make_thumbnail(path, tmp_path / "t.png", 100, 100, "cover", focus=focus, gravity=gravity)
+        assert near(opened(tmp_path / "t.png").convert("RGB").getpixel((x, 50)), colour), (focus, gravity)
+    tall = write(tmp_path / "tall.png", encode(source.rotate(90, expand=True), "PNG"))  # red at the bottom
+    Image.make_thumbnail(tall, tmp_path / "s.png", 100, 100, "cover", gravity="south")
+    assert near(opened(tmp_path / "s.png").convert("RGB").getpixel((50, 97)), (255, 0, 0))
+    Image.make_thumbnail(tall, tmp_path / "n.png", 100, 100, "cover", gravity="north")
+    assert near(opened(tmp_path / "n.png").convert("RGB").getpixel((50, 2)), (0, 0, 255))
+    with pytest.raises(ValueError, match="gravity must be"):
+        Image.make_thumbnail(path, tmp_path / "x.png", fit="cover", gravity="up")
+    with pytest.raises(ValueError, match="focus must be"):
+        Image.make_thumbnail(path, tmp_path / "x.png", fit="cover", focus=(1.5, 0))
+
+
+def test_an_animation_is_cropped_alike_in_every_frame(tmp_path):
+    """Tried: a 2-frame 300x100 GIF, red at its left third (with a yellow stripe at its top in the second frame,
+    so that the west crops of the two frames differ: a GIF writer merges equal frames) and green then blue at
+    its right, smart and west covered into 50x50. Got: both frames of the west crop red in the middle; the
+    smart crop, chosen on the first frame, the same place in both frames (their left columns are alike)."""
+    frames = []
+    for colour in ((0, 255, 0), (0, 0, 255)):
+        frame = PILImage.new("RGB", (300, 100), (128, 128, 128))
+        frame.paste((255, 0, 0), (0, 0, 100, 100))
+        frame.paste(colour, (200, 0, 300, 100))
+        frames.append(frame)
+    frames[1].paste((255, 255, 0), (0, 0, 100, 10))
+    path = write(tmp_path / "a.gif", encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=80))
+    Image.make_thumbnail(path, tmp_path / "west.gif", 50, 50, "cover", gravity="west")
+    assert [colour for colour, _ in frames_of(tmp_path / "west.gif")] == [(255, 0, 0), (255, 0, 0)]
+    Image.make_thumbnail(path, tmp_path / "smart.gif", 50, 50, "cover", gravity="smart")
+    with PILImage.open(tmp_path / "smart.gif") as smart:
+        columns = []
+        for index in range(2):
+            smart.seek(index)
+            columns.append(smart.convert("RGB").getpixel((1, 25)))
+    assert columns[0] == columns[1]

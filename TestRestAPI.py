@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 from PIL import Image as PILImage
 from redis import Redis
-from rq import SimpleWorker, Worker
+from rq import Worker
 
 from imagejobs import answers, batch, jobs
 from imagejobs.actions import ACTIONS
 from imagejobs.config import settings
+from imagejobs.worker import ImageWorker
 from RedisConfig import SERIALIZER, connection, queue
 from tests.support import copy_sample, jpeg_bytes, rel, result_of, submit
 
@@ -228,7 +229,7 @@ def test_batch_progress_while_it_runs(folder, images_root, redis_url):
     status, body = answers.describe(connection(), jobs.fetch(connection(), job.id, settings.result_ttl))
     assert status == 202 and body["status"] == "queued"
     assert body["progress"] == {"done": 0, "failed": 0, "total": 10}
-    worker = SimpleWorker([queue("progress-test")], connection=redis, serializer=SERIALIZER)
+    worker = ImageWorker([queue("progress-test")], connection=redis, serializer=SERIALIZER)
     worker.work(burst=True, max_jobs=1)
     status, body = answers.describe(connection(), jobs.fetch(connection(), job.id, settings.result_ttl))
     assert status == 202 and body["status"] == "started" and body["startedAt"]
@@ -605,8 +606,9 @@ def test_a_folder_of_every_format_is_one_batch(client, folder, images_root):
     formats = {"photo.jpg": "JPEG", "photo.png": "PNG", "photo.webp": "WEBP", "photo.avif": "AVIF"}
     formats |= {"photo.heic": "JPEG", "photo.jxl": "JPEG", "photo.bmp": "PNG", "photo.tif": "PNG", "still.gif": "PNG"}
     for name, written in formats.items():
-        assert entries[name]["result"] | {"path": None} == {
+        assert entries[name]["result"] | {"path": None, "placeholder": None} == {
             "path": None,
+            "placeholder": None,
             "width": 50,
             "height": 30,
             "format": written,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import Image
 from imagejobs import params
 from imagejobs.config import Settings
-from imagejobs.processors import Work, classify, plot, resize, size
+from imagejobs.processors import Work, classify, duplicates, plot, resize, size
 from RedisConfig import CLASSIFY_QUEUE, IMAGES_QUEUE
 
 
@@ -32,6 +32,11 @@ class Action:
     # What besides the image and the parameters a result depends on (the model, for classify): an image
     # submitted again reuses its remembered result only under the same key (reuse.py). None: never reused.
     reuse_key: Callable[[Settings], str] | None = None
+    # What a per-image action's batch adds to its result from all its entries once they are in (duplicates:
+    # the groups), given the entries and the parameters; and the parameters only it reads, which an image's
+    # own entry does not depend on (so they are left out of what its reuse is keyed by).
+    summarize: Callable[[list[dict], dict], dict] | None = None
+    summary_params: tuple[str, ...] = ()
 
 
 def image_engine(settings: Settings) -> str:
@@ -73,6 +78,19 @@ ACTIONS = {
             title="Classify (top {top})",
             description="The ImageNet labels a model finds most likely, with their scores.",
             reuse_key=classify.model_identity,
+        ),
+        Action(
+            name="duplicates",
+            params=params.DuplicatesParams,
+            queue=IMAGES_QUEUE,
+            process=duplicates.process,
+            summary="Duplicates",
+            title="Duplicates (within {distance} bits)",
+            description="Groups of copies: resized, re-encoded or lightly cropped, and burst shots, by perceptual "
+            "hash.",
+            reuse_key=image_engine,
+            summarize=duplicates.summarize,
+            summary_params=("distance",),
         ),
         Action(
             name="plot",

@@ -78,7 +78,7 @@ def enqueue(submission: jobs.Submission, action: Action, images: list[str], para
     starts = chunk_starts(len(images), Worker.count(connection=redis, queue=q), settings.chunk_size)
     batch_job = q.create_job(
         finish,
-        args=(job_id, images),
+        args=(job_id, images, params),
         status=JobStatus.CREATED,
         **jobs.options(submission, job_id, action.name, jobs.BATCH, tasks.on_failure, total=len(images)),
     )
@@ -234,14 +234,19 @@ def on_chunk_failure(job: Job, redis: Redis, exc_type, exc_value, traceback) -> 
         end_chunk(redis, job.meta["batch"], job.meta["chunk"])
 
 
-def finish(batch_id: str, images: list[str]) -> dict:
-    """The batch job's result: one entry per image, in the order they were listed. Idempotent."""
-    redis = get_current_job().connection
-    entries = collect(redis, batch_id, images)
+def finish(batch_id: str, images: list[str], params: dict | None = None) -> dict:
+    """The batch job's result: one entry per image, in the order they were listed, and what the action's
+    summarize adds from them all. Idempotent. (params: None in a batch an earlier release queued.)"""
+    job = get_current_job()
+    entries = collect(job.connection, batch_id, images)
     failed = sum("error" in entry for entry in entries)
-    expire(redis, batch_id, worker_settings.result_ttl)  # with the result; kept till then: this job is idempotent
+    expire(job.connection, batch_id, worker_settings.result_ttl)  # with the result; kept till then: idempotent
     log.info("batch %s finished: %d images, %d failed", batch_id, len(entries), failed)
-    return {"total": len(entries), "done": len(entries) - failed, "failed": failed, "images": entries}
+    result = {"total": len(entries), "done": len(entries) - failed, "failed": failed, "images": entries}
+    action = ACTIONS.get(job.meta.get("action"))
+    if action is not None and action.summarize is not None:
+        result |= action.summarize(entries, params or {})
+    return result
 
 
 def cancel(redis: Redis, batch_id: str, result_ttl: int) -> None:

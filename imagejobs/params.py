@@ -10,8 +10,9 @@ import json
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic_core import PydanticCustomError
 
-from Image import FORMATS, FRAMES
+from Image import FORMATS, FRAMES, GRAVITIES
 
 
 class Params(BaseModel):
@@ -22,11 +23,18 @@ class Params(BaseModel):
 
 
 def shown(
-    unit: str | None = None, unit_name: str | None = None, labels: dict | None = None, unset: str | None = None
+    unit: str | None = None,
+    unit_name: str | None = None,
+    labels: dict | None = None,
+    unset: str | None = None,
+    needs: dict | None = None,
+    example: str | None = None,
 ) -> dict:
     """How the page shows a parameter, beside what its schema says: a unit ("px", "pixels"), the labels
-    of its choices, and the label of "not given" (for an optional choice)."""
+    of its choices, the label of "not given" (for an optional choice), the other parameters' values it needs
+    to mean anything (the page offers it only then), and an example value (for a text field)."""
     extra = {"unit": unit, "unitName": unit_name, "labels": labels, "unsetLabel": unset}
+    extra |= {"needs": needs, "example": example}
     return {"x-shown": {name: value for name, value in extra.items() if value is not None}}
 
 
@@ -86,6 +94,35 @@ class ResizeParams(Params):
             labels={"jpeg": "JPEG", "png": "PNG", "webp": "WebP", "avif": "AVIF", "gif": "GIF"}, unset="as the source"
         ),
     )
+    gravity: Literal[GRAVITIES] = Field(
+        "center",
+        title="Crop at",
+        description="with fit=cover, where the crop sits: the centre, an edge or a corner, or smart (the part "
+        "with the most detail, colour and skin)",
+        json_schema_extra=shown(
+            labels={
+                "center": "Centre",
+                "north": "Top",
+                "south": "Bottom",
+                "east": "Right",
+                "west": "Left",
+                "northeast": "Top right",
+                "northwest": "Top left",
+                "southeast": "Bottom right",
+                "southwest": "Bottom left",
+                "smart": "Smart (the subject)",
+            },
+            needs={"fit": "cover"},
+        ),
+    )
+    focus: str | None = Field(
+        None,
+        max_length=100,
+        title="Focus x,y",
+        description="with fit=cover, the point the crop is centred on as nearly as it can be: x,y as fractions "
+        "of the width and height (0.1,0.5: near the left edge, half way down); it overrides gravity",
+        json_schema_extra=shown(needs={"fit": "cover"}, example="0.1,0.5"),
+    )
     frames: Literal[FRAMES] = Field(
         "all",
         title="Frames",
@@ -93,7 +130,29 @@ class ResizeParams(Params):
         json_schema_extra=shown(labels={"all": "Keep the animation", "first": "First frame only"}),
     )
 
-    @field_validator("format", "fit", "frames", mode="before")
+    @field_validator("focus")
+    @classmethod
+    def _two_fractions(cls, value):
+        parts = [] if value is None else value.split(",")
+        try:
+            fractions = [float(part) for part in parts]
+        except ValueError:
+            fractions = []
+        if value is not None and not (len(fractions) == 2 and all(0 <= share <= 1 for share in fractions)):
+            raise PydanticCustomError(
+                "focus", "focus is x,y: two fractions from 0 to 1 (0.1,0.5 is near the left edge, half way down)"
+            )
+        return value if value is None else ",".join(str(share) for share in fractions)
+
+    @field_validator("gravity", "focus")
+    @classmethod
+    def _crops_only(cls, value, info):
+        """gravity and focus place a crop: with a fit that does not crop they would be dropped without a word."""
+        if value not in (None, "center") and info.data.get("fit") != "cover":
+            raise PydanticCustomError("needs_cover", f"{info.field_name} places a crop: it needs fit=cover")
+        return value
+
+    @field_validator("format", "fit", "frames", "gravity", mode="before")
     @classmethod
     def _lower(cls, value):
         if isinstance(value, str):
@@ -118,6 +177,22 @@ class PlotParams(Params):
     def check_image_count(self, count: int) -> None:
         if self.kind == "histogram" and count != 1:
             raise InvalidParameter(f"kind=histogram plots one image, but {count} were given; name a single file.")
+
+
+class DuplicatesParams(Params):
+    distance: int = Field(
+        10,
+        ge=0,
+        le=16,
+        title="Distance",
+        description="most bits two images' 64-bit perceptual hashes may differ by to be grouped: 0 exact copies; "
+        "10 resized, re-encoded or lightly cropped copies and burst shots; unrelated photos differ by about 32",
+        json_schema_extra=shown("bits", "bits"),
+    )
+
+    def check_image_count(self, count: int) -> None:
+        if count < 2:
+            raise InvalidParameter("duplicates compares images: name a folder, or upload two or more files.")
 
 
 class BrowseQuery(Params):
@@ -159,7 +234,7 @@ def merged(name: str, *models: type[Params]) -> type[Params]:
 
 def fields(model: type[Params]) -> list[dict]:
     """The model's parameters as the page builds its inputs from them: name, title, type ("integer",
-    "choice"), default, minimum and maximum or choices, with how to show them."""
+    "boolean", "choice", "string"), default, minimum and maximum, choices or maxLength, with how to show them."""
     schema = model.model_json_schema()
     described = []
     for name, prop in schema["properties"].items():
@@ -180,6 +255,8 @@ def fields(model: type[Params]) -> list[dict]:
             field.update(
                 type=options[0].get("type"), minimum=options[0].get("minimum"), maximum=options[0].get("maximum")
             )
+            if "maxLength" in options[0]:
+                field["maxLength"] = options[0]["maxLength"]
         described.append(field)
     return described
 

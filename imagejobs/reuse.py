@@ -150,7 +150,8 @@ def entries(action, work):
         return
     settings, root = work.settings, work.settings.images_root
     key = action.reuse_key(settings)
-    ids = {index: entry_id(action.name, work.params, key, image) for index, image in enumerate(work.images)}
+    own = {name: value for name, value in work.params.items() if name not in action.summary_params}
+    ids = {index: entry_id(action.name, own, key, image) for index, image in enumerate(work.images)}
     ids = {index: entry for index, entry in ids.items() if reusable(work.images[index])}
     ready, kept, folders = {}, {}, {}
     if not work.params.get("force"):

@@ -366,6 +366,30 @@ def test_a_classified_upload_shows_the_picture_it_sent(page):
     shot(page, "classify-upload")
 
 
+def test_duplicates_show_each_group_side_by_side(page, running):
+    """A duplicates batch: the castle photo, a third of its size and a crop of it, and the beagle alone. Got:
+    one group drawn with its three pictures side by side (each fetched and drawn), the first marked as such and
+    the others with their distance in bits; the beagle in no group; the table of hashes below."""
+    folder = running.images / "dups"
+    folder.mkdir()
+    with PILImage.open(TESTDATA / "castle_image.jpg") as castle:
+        castle.save(folder / "castle.jpg")
+        castle.resize((266, 160)).save(folder / "castle-small.png")
+        castle.crop((40, 24, 760, 456)).save(folder / "castle-crop.jpg")
+    (folder / "jemma.png").write_bytes((TESTDATA / "jemma.png").read_bytes())
+    job = submit_folder(page, "dups", action="duplicates")
+    expect(job).to_have_attribute("data-status", "finished", timeout=JOB_TIMEOUT)
+    groups = job.locator(".duplicate-groups .group")
+    expect(groups).to_have_count(1)
+    expect(groups.first.locator("figure.member")).to_have_count(3)
+    expect(groups.first.locator("figcaption").first).to_contain_text("the first")
+    expect(groups.first).to_contain_text("bits apart")
+    expect(groups.first).not_to_contain_text("jemma.png")
+    image_loaded(page, ".duplicate-groups img.member-picture")
+    expect(job.locator("table.results.hashes tbody tr")).to_have_count(4)
+    shot(page, "duplicates")
+
+
 def test_a_histogram_plot_shows_the_chart(page):
     choose(page, "source", "path")
     page.fill("#image-path", "castle_image.jpg")
@@ -405,6 +429,32 @@ def test_invalid_values_are_stopped_in_the_page_and_the_api_refusal_is_shown(pag
     expect(page.locator("#browser-error")).to_contain_text("outside the images root")
     expect(page.locator(".job")).to_have_count(0)
     shot(page, "outside-root")
+
+
+def test_crop_placement_is_offered_with_cover_and_sent(page):
+    """Tried: the thumbnail options with fit contain, then cover; a focus that is not two fractions; then
+    gravity smart. Got: "Crop at" and "Focus x,y" hidden (and not sent) until fit is cover; the API's sentence
+    about focus shown by the form; a smart cover of the castle made and drawn, its request carrying
+    gravity=smart and no focus."""
+    choose(page, "source", "path")
+    page.fill("#image-path", "castle_image.jpg")
+    expect(page.locator("#gravity")).to_be_hidden()
+    expect(page.locator("#focus")).to_be_hidden()
+    page.select_option("#fit", "cover")
+    expect(page.locator("#gravity")).to_be_visible()
+    page.fill("#focus", "left")
+    page.click("#submit")
+    expect(page.locator("#form-error")).to_contain_text("focus is x,y: two fractions from 0 to 1")
+    page.fill("#focus", "")
+    page.select_option("#gravity", "smart")
+    page.click("#submit")
+    job = newest_job(page)
+    image_loaded(page, ".job img")
+    sent = json.loads(page.recorder.posts("/imageapi")[-1].post_data)
+    assert sent["fit"] == "cover" and sent["gravity"] == "smart" and "focus" not in sent
+    expect(job.locator(".job-title")).to_contain_text("(cover)")
+    page.select_option("#fit", "contain")
+    expect(page.locator("#gravity")).to_be_hidden()
 
 
 def test_reload_keeps_the_jobs_and_an_expired_one_says_so(page):

@@ -96,7 +96,7 @@ class ActionParameter(BaseModel):
     name: str
     title: str
     description: str
-    type: str | None = Field(description="integer, boolean or choice")
+    type: str | None = Field(description="integer, boolean, choice or string")
     required: bool
     optional: bool = Field(description="may be left unset (then a choice shows unsetLabel)")
     default: Any = None
@@ -107,6 +107,9 @@ class ActionParameter(BaseModel):
     unsetLabel: str | None = None
     unit: str | None = None
     unitName: str | None = None
+    needs: dict[str, str] | None = Field(None, description="the other parameters' values it needs to mean anything")
+    example: str | None = None
+    maxLength: int | None = None
 
 
 class ActionDescription(BaseModel):

@@ -37,8 +37,16 @@ def thumbnail(work: Work, path: Path) -> dict:
             max_decode_bytes=work.settings.max_decode_bytes,
             frames=params.get("frames", "all"),
             max_frames=work.settings.max_frames,
+            placeholder=True,
+            gravity=params.get("gravity", "center"),
+            focus=focus_point(params.get("focus")),
         )
     finally:
         if "folder" in made:
             os.close(made["folder"])
     return {"path": paths.relative(root, made["path"]), **written}  # a path a client can use: under the root
+
+
+def focus_point(focus: str | None) -> tuple[float, float] | None:
+    """The focus parameter ("x,y", checked by ResizeParams) as a pair of fractions."""
+    return None if focus is None else tuple(float(part) for part in focus.split(","))

@@ -43,6 +43,13 @@ function control(field, id) {
       h("label", { class: "check" }, h("input", { type: "checkbox", id, name: field.name, checked: Boolean(field.default) }),
         ` ${field.title}`), error);
   }
+  if (field.type === "string") {
+    const input = h("input", {
+      type: "text", id, name: field.name, value: field.default ?? "", maxlength: field.maxLength ?? undefined,
+      placeholder: field.example ? `e.g. ${field.example}` : undefined, "aria-describedby": `${id}-error`,
+    });
+    return h("div", { class: "field" }, h("label", { for: id, text: label(field) }), input, error);
+  }
   const input = h("input", {
     type: "number", id, name: field.name, value: field.default ?? "", min: field.minimum ?? undefined,
     max: field.maximum ?? undefined, step: 1, required: field.required || field.default !== undefined,
@@ -58,18 +65,35 @@ export function renderActions(catalogue, choices, optionsArea) {
     h("input", { type: "radio", name: "action", value: action.name, checked: action.name === catalogue.default }),
     ` ${action.summary}`)));
   optionsArea.replaceChildren(...catalogue.actions.map((action) => {
-    const fields = action.parameters.map((field) => control(field, controlId(action, field, taken)));
+    const fields = action.parameters.map((field) => {
+      const shown = control(field, controlId(action, field, taken));
+      if (field.needs) shown.dataset.needs = JSON.stringify(field.needs);
+      return shown;
+    });
     return h("fieldset", { class: "options", "data-action": action.name },
       h("legend", { class: "visually-hidden", text: `${action.summary} options` }),
       fields.length ? h("div", { class: fields.length > 1 ? "grid" : "narrow" }, fields) : null,
       action.description ? h("p", { class: "hint", text: action.description }) : null);
   }));
+  optionsArea.querySelectorAll(".options").forEach(offerWhatApplies);
+  optionsArea.addEventListener("change", (event) => offerWhatApplies(event.target.closest(".options")));
+}
+
+/** Show a field only while the other fields it needs hold their values (gravity and focus need fit=cover):
+ * hidden, it is disabled, so it is neither checked nor sent. */
+function offerWhatApplies(fieldset) {
+  for (const field of fieldset.querySelectorAll(".field[data-needs]")) {
+    const needs = Object.entries(JSON.parse(field.dataset.needs));
+    const applies = needs.every(([name, value]) => fieldset.querySelector(`[name="${name}"]`)?.value === value);
+    field.hidden = !applies;
+    field.querySelectorAll("input, select").forEach((control) => { control.disabled = !applies; });
+  }
 }
 
 /** The values of an action's option fields, as the API takes them (an unset choice is left out). */
 export function optionsOf(fieldset) {
   const options = {};
-  for (const control of fieldset.querySelectorAll("input, select")) {
+  for (const control of fieldset.querySelectorAll("input:enabled, select:enabled")) {
     if (control.type === "checkbox") options[control.name] = control.checked;
     else if (control.type === "number") options[control.name] = Number(control.value);
     else if (control.value !== "") options[control.name] = control.value;

@@ -100,8 +100,8 @@ function uploadedPicture(file, alt) {
 }
 
 /** An image the service serves, shown small; left out quietly if it cannot be fetched (deleted since, say). */
-function pictureOf(path, alt, files) {
-  const img = h("img", { alt, class: "classified", decoding: "async" });
+function pictureOf(path, alt, files, className = "classified") {
+  const img = h("img", { alt, class: className, decoding: "async" });
   files.load(path).then((url) => { img.src = url; }, () => img.remove());
   return img;
 }
@@ -132,6 +132,7 @@ const KINDS = [
   { name: "labels", test: (result) => Array.isArray(result.predictions), columns: ["Image", "Labels"] },
   { name: "thumbnails", test: (result) => typeof result.path === "string", columns: ["Image", "Thumbnail"] },
   { name: "sizes", test: (result) => "mode" in result, columns: ["Image", "Size (px)", "Format", "Mode"] },
+  { name: "hashes", test: (result) => typeof result.hash === "string", columns: ["Image", "Perceptual hash"] },
 ];
 const OTHER = { name: "other", columns: ["Image", "Result"] };
 
@@ -153,6 +154,7 @@ function batchView(job, result, files, canceled) {
     failed ? h("span", { class: "error-text", text: `, ${number(failed)} failed` }) : null, ".");
   const thumbnails = kind.name === "thumbnails";
   const parts = [summary];
+  if (Array.isArray(result.groups)) parts.push(groupsView(job, result.groups, files));
   if (thumbnails && done > 0) parts.push(zipDownload(job, done, files));  // a canceled batch's: what it made
   if (entries.length) parts.push(pagedEntries(job, entries, files, kind));
   else if (canceled) parts.push(h("p", { class: "hint", text: "No image was done before the cancel." }));
@@ -160,6 +162,25 @@ function batchView(job, result, files, canceled) {
     parts.push(h("p", { class: "hint", text: "Each thumbnail is saved under resized/ in the images root, in a folder named like its source's." }));
   }
   return h("div", { class: "batch" }, parts);
+}
+
+const GROUPS_SHOWN = 50; // a duplicates batch's groups drawn at once (their images are fetched as they are drawn)
+
+/** A duplicates batch's groups of copies: each group's images side by side, each with its distance in bits from
+ * the group's first. */
+function groupsView(job, groups, files) {
+  if (!groups.length) return h("p", { class: "hint", text: "No copies: no two images are that close." });
+  const more = groups.length > GROUPS_SHOWN ? `; the first ${GROUPS_SHOWN} are shown` : "";
+  return h("section", { class: "duplicate-groups", "aria-label": `Groups of copies in ${job.title}` },
+    h("p", { class: "batch-summary", text: `${plural(groups.length, "group")} of copies${more}:` }),
+    h("ol", { class: "groups" }, groups.slice(0, GROUPS_SHOWN).map((group) => h("li", { class: "group" },
+      group.images.map((member, index) => {
+        const name = shownName(job, member.image);
+        return h("figure", { class: "member" },
+          pictureOf(`/images/file?path=${encodeURIComponent(member.image)}`, name, files, "member-picture"),
+          h("figcaption", {}, breakable(name),
+            h("span", { class: "hint", text: index === 0 ? "the first" : `${plural(member.distance, "bit")} apart` })));
+      })))));
 }
 
 /** "Download all (zip)": GET /result/file?jobId= (every thumbnail of the batch), saved as <jobId>.zip. */
@@ -398,6 +419,7 @@ function cells(kind, result) {
   if (kind.name === "labels") return [predictionList(result.predictions || [])];
   if (kind.name === "sizes") return [`${result.width} × ${result.height}`, result.format ?? "", result.mode ?? ""];
   if (kind.name === "thumbnails") return [`${baseName(result.path)} (${result.width} × ${result.height})`];
+  if (kind.name === "hashes") return [h("code", { text: result.hash })];
   return [h("code", { text: JSON.stringify(result) })];
 }
 
