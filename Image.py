@@ -6,6 +6,7 @@ is one sentence for the user that never contains a file path.
 """
 
 import contextlib
+import functools
 import io
 import math
 import os
@@ -640,17 +641,20 @@ def _crop_box(src_size, size, centre):
     return left, top, left + crop_w, top + crop_h
 
 
-# The side of the copy _interest_point scores; and how much colour and skin weigh against detail (edges).
+# The side of the copy _interest_point scores; how much colour and skin weigh against detail (edges); and how
+# much the faces found weigh against all of those together (faces first: a crop keeps the most face it can).
 _ATTENTION_SIDE = 128
 _SATURATION_WEIGHT, _SKIN_WEIGHT = 1.0, 2.0
+_FACES_WEIGHT = 10.0
 
 
 def _interest_point(img, share):
     """The centre (fractions of the width and height) of the box of this share of img's width and height that
-    holds the most of what draws the eye, libvips' "attention" idea: detail (the gradient of the luminance),
-    colour (saturation) and skin tones (Kovac's RGB rule), each scaled by its mean over the image, summed on a
-    copy _ATTENTION_SIDE pixels a side, and the box's sum found for every position at once (an integral image).
-    Ties go to the box nearest the centre, so a plain image is cropped in the middle."""
+    holds the most of what draws the eye. Faces first (_faces: OpenCV's face detector): they outweigh the rest
+    tenfold, so the box keeps as much face as it can. Then libvips' "attention" idea: detail (the gradient of
+    the luminance), colour (saturation) and skin tones (Kovac's RGB rule), each scaled by its mean over the
+    image, summed on a copy _ATTENTION_SIDE pixels a side, and the box's sum found for every position at once
+    (an integral image). Ties go to the box nearest the centre, so a plain image is cropped in the middle."""
     import numpy as np  # here: see perceptual_hash
 
     small = img.convert("RGB")
@@ -665,6 +669,14 @@ def _interest_point(img, share):
         + _SATURATION_WEIGHT * _relative(rgb.max(axis=2) - rgb.min(axis=2))
         + _SKIN_WEIGHT * _relative(skin.astype(np.float32))
     )
+    faces = np.zeros_like(score)
+    for left, top, right, bottom in _faces(img):
+        faces[
+            round(top * score.shape[0]) : round(bottom * score.shape[0]) + 1,
+            round(left * score.shape[1]) : round(right * score.shape[1]) + 1,
+        ] = 1
+    if faces.any():
+        score += _FACES_WEIGHT * faces * (score.sum() / faces.sum())
     height, width = score.shape
     box_w, box_h = max(1, round(share[0] * width)), max(1, round(share[1] * height))
     total = np.pad(score, ((1, 0), (1, 0))).cumsum(axis=0).cumsum(axis=1)
@@ -674,6 +686,33 @@ def _interest_point(img, share):
     best = np.lexsort((off_centre.ravel(), -np.round(sums.ravel(), 3)))[0]
     top, left = divmod(int(best), sums.shape[1])
     return (left + box_w / 2) / width, (top + box_h / 2) / height
+
+
+# Faces are looked for in a grey copy of at most this many pixels (what the detector costs grows with the
+# area): 90,000 found the faces of a 1500 x 500 group photo (each 8% of its width) in 35 ms of CPU, where a
+# copy 320 pixels on its long side missed them (the detector's smallest face is 24 pixels).
+_FACES_PIXELS = 90_000
+
+
+def _faces(img):
+    """The faces OpenCV's frontal face detector (the Haar cascade opencv-python ships: no model downloaded)
+    finds in img, as (left, top, right, bottom) fractions of its width and height."""
+    import numpy as np
+
+    grey = img.convert("L")
+    scale = math.sqrt(_FACES_PIXELS / (grey.width * grey.height))
+    if scale < 1:
+        grey = grey.resize((round(grey.width * scale), round(grey.height * scale)), Image.Resampling.BILINEAR)
+    found = _face_detector().detectMultiScale(np.asarray(grey), scaleFactor=1.2, minNeighbors=5, minSize=(24, 24))
+    return [(x / grey.width, y / grey.height, (x + w) / grey.width, (y + h) / grey.height) for x, y, w, h in found]
+
+
+@functools.cache
+def _face_detector():
+    import cv2  # here: see perceptual_hash (and a worker that never crops smart never loads it)
+
+    cv2.setNumThreads(1)  # a worker is one process a core: OpenCV would otherwise take every core for itself
+    return cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
 
 
 def _relative(values):

@@ -1355,16 +1355,18 @@ def test_smart_keeps_a_subject_at_the_far_left_and_centre_cuts_it(tmp_path):
     assert shares["center"] < 0.01 and shares["east"] < 0.01, shares
 
 
-def test_smart_keeps_the_faces_of_a_group_photo(tmp_path):
+def test_smart_keeps_the_faces_of_a_group_photo(tmp_path, monkeypatch):
     """Tried: three faces (the astronaut's, from scikit-image) side by side in the right third of a plain, grainy
-    1500x500 photo, covered into a square. Got: gravity=smart keeps all three faces (the crop of the right
-    third); center keeps none."""
+    1500x500 photo, and the coffee photo (colourful, detailed) at its left, covered into a square. Got:
+    gravity=smart keeps all three faces (the crop of the right third): faces come first; with the face
+    detector left out, the attention map alone takes the coffee; center keeps neither."""
     import skimage.data
 
     face = PILImage.fromarray(skimage.data.astronaut()).crop((150, 40, 300, 220)).resize((120, 144))
     source = plain_with(face, (1020, 180), size=(1500, 500))
     source.paste(face, (1180, 180))
     source.paste(face, (1340, 180))
+    source.paste(PILImage.fromarray(skimage.data.coffee()).resize((450, 300)), (20, 100))
     path = write(tmp_path / "group.jpg", encode(source, "JPEG", quality=92))
     Image.make_thumbnail(path, tmp_path / "smart.png", 300, 300, "cover", "png", gravity="smart")
     Image.make_thumbnail(path, tmp_path / "center.png", 300, 300, "cover", "png")
@@ -1373,6 +1375,10 @@ def test_smart_keeps_the_faces_of_a_group_photo(tmp_path):
     faces = [smart[120:180, x : x + 48] for x in (24, 120, 216)]
     assert all((np.abs(part - 200).max(axis=2) > 40).mean() > 0.5 for part in faces)
     assert busy_share(tmp_path / "center.png") < 0.01
+    monkeypatch.setattr(Image, "_faces", lambda img: [])
+    Image.make_thumbnail(path, tmp_path / "attention.png", 300, 300, "cover", "png", gravity="smart")
+    coffee = np.asarray(opened(tmp_path / "attention.png").convert("RGB"), dtype=float)[60:240, 12:282]
+    assert (np.abs(coffee - 200).max(axis=2) > 40).mean() > 0.5
 
 
 def test_focus_keeps_the_point_it_names_and_compass_points_their_edge(tmp_path):
