@@ -441,6 +441,51 @@ def test_a_parameter_of_another_action_is_named_not_dropped(client, method, quer
     assert answer.status_code == 400 and said in answer.get_json()["error"]
 
 
+@pytest.mark.parametrize(
+    ("method", "data", "said"),
+    [
+        ("GET", {"gravity": "smart"}, "GET /imageapi runs size, which does not use it; gravity is for resize"),
+        ("POST", {"gravity": "smart"}, "Invalid parameter gravity: it needs fit=cover (got 'smart')."),
+        ("POST", {"fit": "stretch", "focus": "0.1,0.5"}, "Invalid parameter focus: it needs fit=cover"),
+        ("POST", {"fit": "cover", "focus": "0.1"}, "focus is x,y: two fractions from 0 to 1"),
+        ("POST", {"fit": "cover", "focus": "1.5,nan"}, "focus is x,y: two fractions from 0 to 1"),
+        ("POST", {"fit": "cover", "focus": ",".join(["0.5"] * 20)}, "focus is x,y"),
+        ("POST", {"fit": "cover", "gravity": "middle"}, "Invalid parameter gravity: Input should be 'center'"),
+    ],
+)
+def test_crop_placements_are_checked_and_their_refusals_say_why(client, method, data, said):
+    """Tried: gravity on a size job (GET), gravity and focus with a fit that does not crop (they would have been
+    dropped without a word), focus with one number, with 1.5 and nan, 40 numbers, and an unknown gravity. Got:
+    each a 400 naming the parameter and what it needs; nothing queued."""
+    answer = client.open("/imageapi", method=method, query_string={"imagePath": "demo/castle_image.jpg", **data})
+    assert answer.status_code == 400 and said in answer.get_json()["error"], answer.get_json()
+
+
+def test_a_cover_with_focus_or_gravity_keeps_that_part(client, folder, images_root):
+    """Tried: a 1200x400 photo, its left third red, the rest grey, covered into 100x100 with focus=0.1,0.5,
+    gravity=west, gravity=smart and the default centre. Got: red thumbnails for the first three (the crop at
+    the left edge), a grey one for the centre; each entry with its placeholder."""
+    source = PILImage.new("RGB", (1200, 400), (128, 128, 128))
+    source.paste((220, 30, 30), (0, 0, 400, 400))
+    source.save(folder / "wide.jpg", quality=95)
+    place = rel(folder / "wide.jpg", images_root)
+    colours = {}
+    for name, extra in {
+        "focus": {"focus": "0.1,0.5"},
+        "west": {"gravity": "west"},
+        "smart": {"gravity": "smart"},
+        "center": {},
+    }.items():
+        body = {"imagePath": place, "width": 100, "height": 100, "fit": "cover", "format": "png", **extra}
+        done = result_of(client, submit(client, "POST", json=body)["jobId"])
+        result = done["result"]
+        assert (result["width"], result["height"]) == (100, 100) and len(result["placeholder"]) == 28
+        with PILImage.open(images_root / result["path"]) as made:
+            colours[name] = made.convert("RGB").getpixel((50, 50))
+    assert all(colours[name][0] > 180 and colours[name][1] < 80 for name in ("focus", "west", "smart")), colours
+    assert max(colours["center"]) - min(colours["center"]) < 10, colours
+
+
 def test_near_misses_get_a_suggestion(client, folder, images_root):
     """action=resise and imagePath=holidays (beside a holiday folder) listed the choices or said nothing was
     there, and suggested nothing; thumbnail, the page's name for resize, was refused."""

@@ -21,6 +21,19 @@ class Params(BaseModel):
     def check_image_count(self, count: int) -> None:
         """Refuse (InvalidParameter) a number of images this action cannot take; any count by default."""
 
+    def check_needs(self) -> None:
+        """Refuse (InvalidParameter) a parameter given where the other parameters' values it needs (its
+        shown(needs=...), which the page reads too) do not hold: gravity with fit=contain would be dropped without
+        a word. Checked on the chosen action's parameters only (not in merged models: a GET size job's gravity
+        is refused as one size does not use)."""
+        for name, field in type(self).model_fields.items():
+            needs = ((field.json_schema_extra or {}).get("x-shown") or {}).get("needs", {})
+            value = getattr(self, name)
+            unmet = {other: wanted for other, wanted in needs.items() if getattr(self, other) != wanted}
+            if unmet and name in self.model_fields_set and value != field.default:
+                wanted = " and ".join(f"{other}={wanted}" for other, wanted in unmet.items())
+                raise InvalidParameter(f"Invalid parameter {name}: it needs {wanted} (got {value!r}).")
+
 
 def shown(
     unit: str | None = None,
@@ -143,14 +156,6 @@ class ResizeParams(Params):
                 "focus", "focus is x,y: two fractions from 0 to 1 (0.1,0.5 is near the left edge, half way down)"
             )
         return value if value is None else ",".join(str(share) for share in fractions)
-
-    @field_validator("gravity", "focus")
-    @classmethod
-    def _crops_only(cls, value, info):
-        """gravity and focus place a crop: with a fit that does not crop they would be dropped without a word."""
-        if value not in (None, "center") and info.data.get("fit") != "cover":
-            raise PydanticCustomError("needs_cover", f"{info.field_name} places a crop: it needs fit=cover")
-        return value
 
     @field_validator("format", "fit", "frames", "gravity", mode="before")
     @classmethod

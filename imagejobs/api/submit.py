@@ -32,6 +32,7 @@ def enqueue(default_action: str):
     action = requests.choose_action(given, default_action)
     requests.reject_unused(given, action, f"{request.method} /imageapi")
     options = params.validate(action.params, given)
+    options.check_needs()
     wait = params.validate(params.WaitQuery, given).wait
     source = params.validate(params.Source, given)
     callback_url = requests.checked_callback(source.callbackUrl)
