@@ -755,6 +755,15 @@ def test_a_large_batch_is_a_paged_grid_whose_thumbnails_load_as_they_scroll_into
     image_loaded(page, ".job .tile img")
     before = settled()
     assert 0 < before < PAGE_SIZE / 2, before  # only those in view (and just below it)
+    # a tile not yet fetched shows its placeholder: the entry's BlurHash drawn, 32 px on its long side, scaled
+    assert tiles.last.locator("img").count() == 0
+    width, height, mean = tiles.last.locator("canvas.placeholder").evaluate(
+        "c => { const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let sum = 0;"
+        " for (let i = 0; i < d.length; i += 4) sum += d[i] + d[i + 1] + d[i + 2];"
+        " return [c.width, c.height, sum / (d.length / 4) / 3]; }"
+    )
+    assert max(width, height) == 32 and 10 < mean < 245, (width, height, mean)
+    assert job.locator(".tile:has(img) canvas").count() == 0  # a fetched thumbnail took its placeholder's place
     shot(page, "grid-page-1")
     tiles.last.scroll_into_view_if_needed()
     image_loaded(page, ".job .tile:last-child img")

@@ -5,6 +5,7 @@
 // A batch may hold 10,000 entries: it is shown a page of PAGE_SIZE at a time (never more in the DOM), with a
 // "Failed only" filter, and a grid's thumbnails are fetched only as they scroll into view, a few at a time.
 import { announce, baseName, breakable, h, number, plural } from "./dom.js";
+import { decode as decodeBlurHash } from "./vendor/blurhash.js";
 
 export const PAGE_SIZE = 100; // entries in the DOM at once, in a grid or a table
 // Thumbnails fetched at once: with app.js's 4 long-polls (MAX_POLLS), within a browser's 6 connections to a
@@ -316,6 +317,30 @@ function pager(label, go) {
 
 // ---- a grid of thumbnails, fetched lazily -------------------------------------------------------------------
 
+// The side of the placeholder's bitmap: a blur needs no more, and the browser scales it to the tile.
+const PLACEHOLDER_SIDE = 32;
+
+/** A canvas drawing the thumbnail's BlurHash (result.placeholder), as large as the thumbnail will show, until
+ * the thumbnail itself arrives; null without a placeholder, or with one the decoder refuses. */
+function placeholderOf(result) {
+  if (typeof result.placeholder !== "string" || !(result.width > 0 && result.height > 0)) return null;
+  const scale = PLACEHOLDER_SIDE / Math.max(result.width, result.height);
+  const width = Math.max(1, Math.round(result.width * scale));
+  const height = Math.max(1, Math.round(result.height * scale));
+  let pixels;
+  try {
+    pixels = decodeBlurHash(result.placeholder, width, height);
+  } catch {
+    return null;
+  }
+  const canvas = h("canvas", {
+    class: "placeholder", width, height, "aria-hidden": "true",
+    style: { maxWidth: `${result.width}px`, maxHeight: `${result.height}px` },
+  });
+  canvas.getContext("2d").putImageData(new ImageData(pixels, width, height), 0, 0);
+  return canvas;
+}
+
 // One queue for the page: at most THUMB_LOADS thumbnails are fetched at once; a tile that left the DOM (its
 // page was turned, its job removed) before its turn is skipped.
 const waiting = [];
@@ -368,7 +393,8 @@ function thumbnailGrid(job, entries, files) {
     const result = entry.result;
     const thumbName = baseName(result.path);
     const img = h("img", { alt: `Thumbnail of ${name}`, decoding: "async", width: result.width, height: result.height });
-    const box = h("span", { class: "tile-image", "aria-busy": "true" });
+    const placeholder = placeholderOf(result);
+    const box = h("span", { class: "tile-image", "aria-busy": "true" }, placeholder);
     const link = h("a", { class: "tile-name", download: thumbName, title: `Download ${thumbName}` }, breakable(name));
     const item = h("li", { class: "tile", "data-index": index },
       box, link, h("span", { class: "tile-size", text: `${result.width} × ${result.height} · ${result.format ?? ""}` }));
@@ -383,6 +409,7 @@ function thumbnailGrid(job, entries, files) {
           shownUrls.push(url);
           img.src = url;
           link.href = url;
+          placeholder?.remove();
           box.append(img);
           box.removeAttribute("aria-busy");
         },
