@@ -635,9 +635,11 @@ def _crop_box(src_size, size, centre):
     """The largest box of src_size with size's aspect ratio, centred on centre (fractions) as nearly as it fits
     (centre (0.5, 0.5): what ImageOps.fit crops)."""
     (src_w, src_h), (share_w, share_h) = src_size, _crop_share(src_size, size)
-    crop_w, crop_h = share_w * src_w, share_h * src_h
-    left = min(max(centre[0] * src_w - crop_w / 2, 0), src_w - crop_w)
-    top = min(max(centre[1] * src_h - crop_h / 2, 0), src_h - crop_h)
+    # min(): floating point made a share of 1 a hair more than the whole side (4496x117 covered into 96x93), and
+    # Pillow refuses a box offset of -2e-13 as negative.
+    crop_w, crop_h = min(share_w * src_w, src_w), min(share_h * src_h, src_h)
+    left = max(min(centre[0] * src_w - crop_w / 2, src_w - crop_w), 0)
+    top = max(min(centre[1] * src_h - crop_h / 2, src_h - crop_h), 0)
     return left, top, left + crop_w, top + crop_h
 
 
@@ -657,8 +659,14 @@ def _interest_point(img, share):
     (an integral image). Ties go to the box nearest the centre, so a plain image is cropped in the middle."""
     import numpy as np  # here: see perceptual_hash
 
+    # One reduced copy for both (reduce() reads the image without copying it whole: a 49-megapixel PNG's full
+    # RGB copy took 200 MB the decode budget did not count), large enough for the face detector.
+    factor = math.isqrt(img.width * img.height // _FACES_PIXELS)
+    img = img.reduce(factor) if factor > 1 else img
     small = img.convert("RGB")
     small.thumbnail((_ATTENTION_SIDE, _ATTENTION_SIDE))
+    if min(small.size) < 2:  # a thin line of pixels has no gradient, and no box to choose
+        return 0.5, 0.5
     rgb = np.asarray(small, dtype=np.float32) / 255
     grey = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
     rows, columns = np.gradient(grey)
@@ -692,6 +700,7 @@ def _interest_point(img, share):
 # area): 90,000 found the faces of a 1500 x 500 group photo (each 8% of its width) in 35 ms of CPU, where a
 # copy 320 pixels on its long side missed them (the detector's smallest face is 24 pixels).
 _FACES_PIXELS = 90_000
+_SMALLEST_FACE = 24  # pixels: the cascade's own window
 
 
 def _faces(img):
@@ -702,8 +711,13 @@ def _faces(img):
     grey = img.convert("L")
     scale = math.sqrt(_FACES_PIXELS / (grey.width * grey.height))
     if scale < 1:
-        grey = grey.resize((round(grey.width * scale), round(grey.height * scale)), Image.Resampling.BILINEAR)
-    found = _face_detector().detectMultiScale(np.asarray(grey), scaleFactor=1.2, minNeighbors=5, minSize=(24, 24))
+        size = (max(1, round(grey.width * scale)), max(1, round(grey.height * scale)))
+        grey = grey.resize(size, Image.Resampling.BILINEAR)
+    if min(grey.size) < _SMALLEST_FACE:
+        return []
+    found = _face_detector().detectMultiScale(
+        np.asarray(grey), scaleFactor=1.2, minNeighbors=5, minSize=(_SMALLEST_FACE,) * 2
+    )
     return [(x / grey.width, y / grey.height, (x + w) / grey.width, (y + h) / grey.height) for x, y, w, h in found]
 
 

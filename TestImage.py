@@ -1409,6 +1409,26 @@ def test_focus_keeps_the_point_it_names_and_compass_points_their_edge(tmp_path):
         Image.make_thumbnail(path, tmp_path / "x.png", fit="cover", focus=(1.5, 0))
 
 
+@pytest.mark.parametrize("size", [(1, 1), (1, 5000), (5000, 1), (5000, 30), (10, 20000)])
+def test_smart_crops_of_thin_or_tiny_images_are_made(tmp_path, size):
+    """Tried: gravity=smart on images whose attention copy is one pixel on a side. Got: a thumbnail (the crop in
+    the middle); before, numpy's gradient raised and the job said "truncated or corrupt"."""
+    path = write(tmp_path / "thin.png", encode(PILImage.new("RGB", size, (200, 30, 30)), "PNG"))
+    made = Image.make_thumbnail(path, tmp_path / "out.png", 20, 20, "cover", "png", gravity="smart")
+    assert (made["width"], made["height"]) == (20, 20)
+
+
+@pytest.mark.parametrize(("size", "box"), [((4496, 117), (96, 93)), ((4587, 826), (363, 445))])
+@pytest.mark.parametrize("gravity", ["center", "west", "smart"])
+def test_a_cover_whose_crop_rounds_past_the_edge_is_made(tmp_path, size, box, gravity):
+    """Tried: covers where floating point made the crop a hair wider than the image (its left edge -2e-13).
+    Before, Pillow refused the negative box offset and the job said "truncated or corrupt" (about 4% of random
+    downscaled covers). Got: the thumbnail, exactly the box."""
+    path = write(tmp_path / "wide.png", encode(PILImage.new("RGB", size, (90, 120, 150)), "PNG"))
+    made = Image.make_thumbnail(path, tmp_path / "out.png", *box, "cover", "png", gravity=gravity)
+    assert (made["width"], made["height"]) == box
+
+
 def test_an_animation_is_cropped_alike_in_every_frame(tmp_path):
     """Tried: a 2-frame 300x100 GIF, red at its left third (with a yellow stripe at its top in the second frame,
     so that the west crops of the two frames differ: a GIF writer merges equal frames) and green then blue at
