@@ -170,12 +170,14 @@ OUTPUT_EXTENSIONS = {"jpeg": ".jpg", "png": ".png", "webp": ".webp", "avif": ".a
 # 0.3-0.7 dB below thumbor's (which resamples with LANCZOS); 85 gives 0.4-0.5 dB above, at the same CPU
 # (bench/engine.py; methods 2 and 4 cost more and gained nothing). AVIF at speed 8: a 512 px thumbnail's
 # encode takes 41 ms against 135 at libavif's default (6), for 0.2 dB and 9% more bytes (speed 10: 14 ms,
-# 0.25 dB, 14%); a JPEG's takes ~4 ms.
+# 0.25 dB, 14%); a JPEG's takes ~4 ms. AVIF at quality 85: at Pillow's 75 the thumbnails were 1-2 dB below
+# thumbor's (quality 80, speed 6; bench/peers.py); 85 is within 0.3 dB at 512 and above at 1024, for as many
+# bytes (+14% at 1024) and half thumbor's CPU; 100 px is 0.75 dB below (the resize, not the encoder).
 _SAVE_OPTIONS = {
     "jpeg": {"quality": 85},
     "png": {},
     "webp": {"quality": 85, "method": 0},
-    "avif": {"quality": 75, "speed": 8},
+    "avif": {"quality": 85, "speed": 8},
     "gif": {},
 }
 # A JPEG is decoded scaled by 1/2, 1/4 or 1/8 (DCT scaling: a fraction of a full decode's cost) as far as

@@ -663,7 +663,8 @@ def test_transparency_kept_or_flattened_on_white(tmp_path, kind, fmt):
     thumb = opened(tmp_path / "t").convert("RGBA")
     opaque = (100, 100, 100) if kind == "LA" else (255, 0, 0)
     left, right = thumb.getpixel((4, 16)), thumb.getpixel((28, 16))
-    assert all(abs(a - b) <= 8 for a, b in zip(left[:3], opaque)) and left[3] == 255
+    # AVIF's alpha is coded lossy, at the image's quality (Pillow sets no other): opaque may come back as 254.
+    assert all(abs(a - b) <= 8 for a, b in zip(left[:3], opaque)) and left[3] >= (250 if fmt == "avif" else 255)
     if fmt == "jpeg":  # no alpha: composited on white, not on the hidden black
         assert min(right[:3]) >= 245 and right[3] == 255
     else:
