@@ -12,6 +12,7 @@ import re
 import secrets
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -106,6 +107,17 @@ def report(bench: str, rows: list[tuple], figures: dict) -> None:
     with RESULTS.open("a", encoding="utf-8") as file:
         file.write(json.dumps(record) + "\n")
     sys.stdout.flush()
+
+
+def cpu_ms(function, items, rounds: int) -> float:
+    """The median over rounds of the CPU ms per item function(item) takes."""
+    per_round = []
+    for _ in range(rounds):
+        started = time.process_time()
+        for item in items:
+            function(item)
+        per_round.append((time.process_time() - started) * 1000 / len(items))
+    return statistics.median(per_round)
 
 
 def log(message: str) -> None:

@@ -16,7 +16,6 @@ bench/results.jsonl.
 
 import argparse
 import random
-import statistics
 import sys
 import tempfile
 import time
@@ -26,21 +25,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import corpus  # noqa: E402
-from _common import log, report  # noqa: E402
+from _common import cpu_ms, log, report  # noqa: E402
 
 import Image as engine  # noqa: E402  (the service's engine; _common put the repository on the path)
 from imagejobs.processors import duplicates  # noqa: E402
-
-
-def cpu_ms(function, items, rounds: int) -> float:
-    """The median over rounds of the CPU ms per item function(item) takes."""
-    per_round = []
-    for _ in range(rounds):
-        started = time.process_time()
-        for item in items:
-            function(item)
-        per_round.append((time.process_time() - started) * 1000 / len(items))
-    return statistics.median(per_round)
 
 
 def folder_of_hashes(own: list[int], count: int) -> dict[int, int]:

@@ -20,14 +20,13 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import corpus  # noqa: E402
-from _common import log, report  # noqa: E402
+from _common import cpu_ms, log, report  # noqa: E402
 
 import Image as engine  # noqa: E402  (the service's engine; _common put the repository on the path)
 
@@ -78,17 +77,6 @@ def animation_sources(extension: str, photos: list[Path]) -> list[Path]:
             frames[0].save(path, ANIMATIONS[extension], save_all=True, append_images=frames[1:], duration=40, loop=0)
         made.append(path)
     return made
-
-
-def cpu_ms(function, sources: list[Path], rounds: int) -> float:
-    """The median over rounds of the CPU ms per image function(source) takes."""
-    per_round = []
-    for _ in range(rounds):
-        started = time.process_time()
-        for source in sources:
-            function(source)
-        per_round.append((time.process_time() - started) * 1000 / len(sources))
-    return statistics.median(per_round)
 
 
 def main(argv=None) -> int:

@@ -46,8 +46,14 @@ def shown(
     """How the page shows a parameter, beside what its schema says: a unit ("px", "pixels"), the labels
     of its choices, the label of "not given" (for an optional choice), the other parameters' values it needs
     to mean anything (the page offers it only then), and an example value (for a text field)."""
-    extra = {"unit": unit, "unitName": unit_name, "labels": labels, "unsetLabel": unset}
-    extra |= {"needs": needs, "example": example}
+    extra = {
+        "unit": unit,
+        "unitName": unit_name,
+        "labels": labels,
+        "unsetLabel": unset,
+        "needs": needs,
+        "example": example,
+    }
     return {"x-shown": {name: value for name, value in extra.items() if value is not None}}
 
 

@@ -43,7 +43,6 @@ def summarize(entries: list[dict], params: dict) -> dict:
 
 
 DEFAULT_DISTANCE = 10
-HASH_BITS = 64
 # Multi-index hashing's blocks: 4 of 16 bits. Each block's values index the hashes (65,536 of them: a folder's
 # hashes spread thin, a handful a value), and a probe is one value near a hash's own block.
 BLOCKS, BLOCK_BITS = 4, 16
