@@ -390,6 +390,26 @@ def test_duplicates_show_each_group_side_by_side(page, running):
     shot(page, "duplicates")
 
 
+def test_a_group_of_many_copies_draws_a_dozen_and_says_how_many_more(page, running):
+    """Every plain, one-colour image has the same perceptual hash, so a folder of blank scans is one group of
+    thousands, and each member drawn is a fetch of the image itself. Tried: 15 blank PNGs. Got: one group with
+    12 pictures and "and 3 more", only 12 images fetched; the table below lists all 15."""
+    folder = running.images / "blanks"
+    folder.mkdir()
+    for index in range(15):
+        PILImage.new("RGB", (64, 48), (250, 250, 250)).save(folder / f"scan-{index:02d}.png")
+    job = submit_folder(page, "blanks", action="duplicates")
+    expect(job).to_have_attribute("data-status", "finished", timeout=JOB_TIMEOUT)
+    group = job.locator(".duplicate-groups .group")
+    expect(group).to_have_count(1)
+    expect(group.locator("figure.member")).to_have_count(12)
+    expect(group.locator(".more-members")).to_have_text("and 3 more (in the table below)")
+    expect(job.locator("table.results.hashes tbody tr")).to_have_count(15)
+    image_loaded(page, ".duplicate-groups img.member-picture")
+    fetched = [request.url for request in page.recorder.requests if "/images/file?path=blanks" in request.url]
+    assert len(fetched) == 12, fetched
+
+
 def test_a_histogram_plot_shows_the_chart(page):
     choose(page, "source", "path")
     page.fill("#image-path", "castle_image.jpg")

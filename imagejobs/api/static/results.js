@@ -165,7 +165,10 @@ function batchView(job, result, files, canceled) {
   return h("div", { class: "batch" }, parts);
 }
 
-const GROUPS_SHOWN = 50; // a duplicates batch's groups drawn at once (their images are fetched as they are drawn)
+// A duplicates batch's groups, and each group's members, drawn at once: each picture drawn is a fetch of the
+// image itself, and one group may hold thousands (every plain, one-colour image has the same hash).
+const GROUPS_SHOWN = 50;
+const MEMBERS_SHOWN = 12;
 
 /** A duplicates batch's groups of copies: each group's images side by side, each with its distance in bits from
  * the group's first. */
@@ -175,13 +178,16 @@ function groupsView(job, groups, files) {
   return h("section", { class: "duplicate-groups", "aria-label": `Groups of copies in ${job.title}` },
     h("p", { class: "batch-summary", text: `${plural(groups.length, "group")} of copies${more}:` }),
     h("ol", { class: "groups" }, groups.slice(0, GROUPS_SHOWN).map((group) => h("li", { class: "group" },
-      group.images.map((member, index) => {
+      group.images.slice(0, MEMBERS_SHOWN).map((member, index) => {
         const name = shownName(job, member.image);
         return h("figure", { class: "member" },
           pictureOf(`/images/file?path=${encodeURIComponent(member.image)}`, name, files, "member-picture"),
           h("figcaption", {}, breakable(name),
             h("span", { class: "hint", text: index === 0 ? "the first" : `${plural(member.distance, "bit")} apart` })));
-      })))));
+      }),
+      group.images.length > MEMBERS_SHOWN
+        ? h("p", { class: "hint more-members", text: `and ${number(group.images.length - MEMBERS_SHOWN)} more (in the table below)` })
+        : null))));
 }
 
 /** "Download all (zip)": GET /result/file?jobId= (every thumbnail of the batch), saved as <jobId>.zip. */
