@@ -1,4 +1,5 @@
-"""Image operations for the job service, on Pillow: header-only size reading and thumbnails.
+"""Image operations for the job service, on Pillow: header-only size reading and thumbnails. libvips (pyvips)
+decodes and shrinks the still images it is cheaper for (READ_FORMATS' libvips_loader).
 
 Pure functions: paths, limits and sizes all come in as arguments (no Redis, Flask or
 configuration here). Every problem with an image is raised as ImageError, whose message
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 import blurhash
 import pillow_heif
 import pillow_jxl  # noqa: F401  (registers pillow-jxl-plugin's JPEG XL decoder with Pillow)
+import pyvips
 from PIL import ExifTags, Image, ImageCms, ImageMode, ImageOps
 
 # HEIC/HEIF through pillow-heif (libheif): the primary image only; its thumbnails, depth maps and auxiliary
@@ -91,8 +93,13 @@ class _Format:
     downloaded file of it without one gets), what its decoder allocates besides
     the image (bytes a pixel, measured as peak RSS with Pillow 13; None: Pillow's tile list tells, see
     _tile_buffer_bytes), the output its thumbnails get by default (None: png), whether its files may be
-    animations (a multi-page TIFF is not one), and, for a plugin that decodes the whole image as Image.open
-    opens it, a function that reads (width, height) from the file first (None for a file of another format)."""
+    animations (a multi-page TIFF is not one), for a plugin that decodes the whole image as Image.open opens
+    it, a function that reads (width, height) from the file first (None for a file of another format), the
+    libvips loader that decodes and shrinks its stills instead of Pillow (None: Pillow decodes them), and
+    whether Pillow's decoder scales it down as it decodes (draft(): then Pillow decodes it, where that scales).
+    libvips is chosen where it costs less for no less quality (bench/engine.py): it shrinks a WebP as it
+    decodes it, streams a PNG through its resize where Pillow decodes it whole first, and resizes a JPEG no
+    DCT scale fits (a box over half its size) in half Pillow's CPU."""
 
     label: str
     media_type: str
@@ -101,15 +108,27 @@ class _Format:
     default_output: str | None = None
     animates: bool = False
     size_before_open: Callable | None = None
+    libvips_loader: str | None = None
+    drafts: bool = False
 
 
 # The formats the service reads, by Pillow's name; Image.open tries these, in this order, and nothing else
 # (so an upload is never handed to, say, the EPS plugin, which runs Ghostscript). Adding a format is one entry.
 READ_FORMATS = {
-    "JPEG": _Format("JPEG", "image/jpeg", (".jpg", ".jpeg"), default_output="jpeg"),
-    "PNG": _Format("PNG", "image/png", (".png",), default_output="png", animates=True),  # APNG
+    # JPEG: decoded scaled by Pillow where the box allows it (draft()); libvips shrinks it where not.
+    "JPEG": _Format(
+        "JPEG",
+        "image/jpeg",
+        (".jpg", ".jpeg"),
+        default_output="jpeg",
+        libvips_loader="VipsForeignLoadJpeg",
+        drafts=True,
+    ),
+    "PNG": _Format(
+        "PNG", "image/png", (".png",), default_output="png", animates=True, libvips_loader="VipsForeignLoadPng"
+    ),
     # WebP: no tile before load(); libwebp's two RGBA canvases and the frame's bytes.
-    "WEBP": _Format("WebP", "image/webp", (".webp",), 12, "webp", animates=True),
+    "WEBP": _Format("WebP", "image/webp", (".webp",), 12, "webp", animates=True, libvips_loader="VipsForeignLoadWebp"),
     # AVIF: libavif's YUV planes, at most 4:4:4 in 16 bits, and alpha.
     "AVIF": _Format("AVIF", "image/avif", (".avif",), 8, "avif", animates=True),
     # HEIC: libheif's planes, as AVIF's (measured 4 a pixel at 8 bits). Thumbnails are JPEG: browsers but
@@ -124,13 +143,30 @@ READ_FORMATS = {
     "TIFF": _Format("TIFF", "image/tiff", (".tif", ".tiff")),
 }
 _SAME_AS = {"MPO": "JPEG"}  # what Pillow calls many camera JPEGs
+
+
+def _libvips_reads_only_read_formats():
+    """libvips parses only the files READ_FORMATS hands it: every loader of its own (it has many: PDF, SVG,
+    MATLAB, FITS, ...) is blocked but the libvips_loader entries. Its operation cache is off, so a worker's
+    memory stays flat over thousands of images, and a thumbnail runs on one thread: a worker is a process a
+    core already (more threads gave no image sooner in a batch, only CPU in hand-offs)."""
+    pyvips.operation_block_set("VipsForeignLoad", True)
+    for fmt in READ_FORMATS.values():
+        if fmt.libvips_loader:
+            pyvips.operation_block_set(fmt.libvips_loader, False)
+    pyvips.cache_set_max(0)
+    pyvips.concurrency_set(1)
+
+
+_libvips_reads_only_read_formats()
 IMAGE_EXTENSIONS = frozenset(extension for fmt in READ_FORMATS.values() for extension in fmt.extensions)
 # Served files' media types by extension: Python's mimetypes knows no .webp without the system's mime.types,
 # which a slim container lacks.
 MEDIA_TYPES = {extension: fmt.media_type for fmt in READ_FORMATS.values() for extension in fmt.extensions}
-# Raised when what the engine makes of the same image and parameters changes (3: animations kept, HEIC read):
-# results remembered under an earlier version are made again (imagejobs/reuse.py).
-ENGINE_VERSION = 3
+# Raised when what the engine makes of the same image and parameters changes (3: animations kept, HEIC read;
+# 4: PNG and WebP stills, and JPEGs not drafted, shrunk by libvips): results remembered under an earlier
+# version are made again (imagejobs/reuse.py).
+ENGINE_VERSION = 4
 FORMATS = ("jpeg", "png", "webp", "avif", "gif")
 ANIMATED_FORMATS = frozenset({"png", "webp", "avif", "gif"})  # outputs that keep an animation
 FRAMES = ("all", "first")
@@ -161,8 +197,8 @@ _NOT_AN_IMAGE = f"The file is not an image Pillow can read ({', '.join(_LABELS[:
 _CORRUPT = "The image data is truncated or corrupt."
 # What Pillow raises for bad bytes, in Image.open or while decoding. OSError with an errno
 # set is the operating system failing to read the file instead (see _read_error).
-# pillow-jxl-plugin raises libjxl's errors as RuntimeError.
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, RuntimeError)
+# pillow-jxl-plugin raises libjxl's errors as RuntimeError; libvips its own (pyvips.Error).
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, RuntimeError, pyvips.Error)
 
 _PILLOW_NAMES = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "avif": "AVIF", "gif": "GIF"}
 OUTPUT_EXTENSIONS = {"jpeg": ".jpg", "png": ".png", "webp": ".webp", "avif": ".avif", "gif": ".gif"}
@@ -189,7 +225,17 @@ _DRAFT_GAP = 1.0
 # size before the final resample (Pillow's own default for thumbnail(); visually the same as resampling it all).
 _REDUCING_GAP = 2.0
 _SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})  # EXIF orientations that rotate by 90 degrees
-_TRANSPOSING_ORIENTATIONS = frozenset(range(2, 9))  # every orientation but upright (1): the others move pixels
+# What turns an image stored in each EXIF orientation but upright (1) upright: the standard's table, which
+# ImageOps.exif_transpose applies to an image's own EXIF (a copy libvips shrank carries none).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 _MB = 1024 * 1024
 # TIFF tags libtiff sizes its decoding buffer by.
 _BITS_PER_SAMPLE, _COMPRESSION, _PHOTOMETRIC, _SAMPLES_PER_PIXEL, _ROWS_PER_STRIP = 258, 259, 262, 277, 278
@@ -364,8 +410,7 @@ def _output_format(src_format, fmt, animated=False):
 def _frame_count(img):
     """img's frames if its format makes animations, else 1 (a multi-page TIFF or a HEIC's other images are
     not frames). Counting a GIF's reads every frame's header, decoding nothing."""
-    name = _SAME_AS.get(img.format, img.format)
-    return getattr(img, "n_frames", 1) if READ_FORMATS[name].animates else 1
+    return getattr(img, "n_frames", 1) if _format_of(img).animates else 1
 
 
 @contextlib.contextmanager
@@ -467,7 +512,7 @@ def _decode_bytes(img):
     largest buffer. Checked against the peak RSS of decoding every format in READ_FORMATS with Pillow 13.
     """
     image = img.width * img.height * _pixel_bytes(img.mode)
-    decoder = READ_FORMATS[_SAME_AS.get(img.format, img.format)].decoder_bytes_per_pixel
+    decoder = _format_of(img).decoder_bytes_per_pixel
     if decoder is not None:
         return image + math.ceil(decoder * img.width * img.height)
     return image + max((_tile_buffer_bytes(img, tile) for tile in img.tile), default=0)
@@ -534,17 +579,110 @@ def _jpeg_coefficient_bytes(img):
 
 
 def _thumbnail(img, size, fit, place, max_decode_bytes):
-    """Decode img at the smallest size JPEG draft() allows (_DRAFT_GAP), upright it, and resize it to fit size."""
+    """Decode img upright, as small as keeps the output's size, and resize it to fit size.
+
+    The decoder: Pillow's where it scales as it decodes (a JPEG by 1/2 to 1/8, _draft_scales); else libvips'
+    where READ_FORMATS names a libvips_loader (_shrunk_by_libvips); else Pillow's, whole. Either way the
+    orientation is Pillow's reading of the file (_orientation), applied after the reduced decode, where the
+    transpose is cheap. A smart crop is decoded with at least _SMART_DECODE_PIXELS, for the face detector.
+    """
+    least = _SMART_DECODE_PIXELS if place.gravity == "smart" and place.focus is None else 0
     try:
-        orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
-        img.draft(None, _draft_size(img.size, size, fit, orientation in _SWAPPING_ORIENTATIONS))
-        _check_decode_bytes(img, max_decode_bytes)  # after draft(), which lowers the cost
-        if orientation in _TRANSPOSING_ORIENTATIONS:  # after draft(): the (cheap) transpose runs on the reduced image
-            ImageOps.exif_transpose(img, in_place=True)
-        img.load()  # here, where a decoding error is named as one: drafted to the output size, nothing else loads it
-        return _resize(_to_8bit(img), size, fit, place)
+        orientation = _orientation(img)
+        decode_size = _draft_size(img.size, size, fit, orientation in _SWAPPING_ORIENTATIONS, least)
+        shrunk = None
+        if not _draft_scales(img, decode_size):
+            shrunk = _shrunk_by_libvips(img, size, fit, orientation, decode_size, max_decode_bytes)
+        decoded = _decoded(img, max_decode_bytes) if shrunk is None else shrunk
+        if orientation in _UPRIGHT:
+            decoded = decoded.transpose(_UPRIGHT[orientation])
+        return _resize(_to_8bit(decoded), size, fit, place)
     except _DECODE_ERRORS as exc:
-        raise _read_error(exc, _CORRUPT) from None
+        error = _read_error(exc, _CORRUPT)
+    raise error  # outside the except: the decoder's exception, and the open file its traceback may hold, dropped
+
+
+def _orientation(img):
+    """img's EXIF orientation (1, upright, if none), from what its header holds: EXIF, or XMP's tiff:Orientation.
+    Pillow's own PNG getexif() decodes the whole image to look for an eXIf chunk after the pixels; the base
+    method reads the chunks before them, as libvips does, and decodes nothing."""
+    return Image.Image.getexif(img).get(ExifTags.Base.Orientation, 1)
+
+
+def _draft_scales(img, decode_size):
+    """Ask Pillow's decoder for img at decode_size, or the nearest larger scale it decodes at (a JPEG's DCT
+    scaling, draft()), if READ_FORMATS says it can: True if it will decode img smaller than it is stored."""
+    if not _format_of(img).drafts:
+        return False
+    stored = img.size
+    img.draft(None, decode_size)
+    return img.size != stored
+
+
+def _decoded(img, max_decode_bytes):
+    """img decoded by Pillow, at the scale draft() chose, if it did."""
+    _check_decode_bytes(img, max_decode_bytes)  # after draft(), which lowers the cost
+    img.load()  # here, where a decoding error is named as one: drafted to the output size, nothing else loads it
+    return img
+
+
+def _format_of(img):
+    return READ_FORMATS[_SAME_AS.get(img.format, img.format)]
+
+
+# What libvips' thumbnail gives, by its bands: 8 bits (it brings 16-bit images down itself), grey or sRGB.
+_LIBVIPS_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
+# libvips copies an image's text metadata into every image of its pipeline: a PNG of 60 MB of text chunks took
+# 4 times what Pillow does. One with more than this much metadata is decoded by Pillow.
+_LIBVIPS_MAX_METADATA = 1024 * 1024
+
+
+def _shrunk_by_libvips(img, size, fit, orientation, decode_size, max_decode_bytes):
+    """img in its stored orientation, decoded by its format's libvips_loader and shrunk to the size _resize
+    starts from: the output's own size for "contain", else decode_size (_draft_size). None when Pillow decodes
+    it instead: no libvips_loader; an animation, whose frames Pillow composes; CMYK, which Pillow converts by
+    formula where libvips would through a profile (one rule for every CMYK image); more than
+    _LIBVIPS_MAX_METADATA of metadata; or nothing to shrink. libvips reads the file Pillow opened and measured,
+    through its descriptor, not its path; it converts no colours (the ICC profile is handled as for every
+    format, _for_output). One libvips thumbnail costs 1.5-2.5x less CPU than Pillow's whole decode and resize
+    (bench/engine.py): WebP is decoded scaled, and a PNG or an unscaled JPEG streamed through the shrink."""
+    metadata = sum(len(value) for value in img.info.values() if isinstance(value, (str, bytes)))
+    if (
+        _format_of(img).libvips_loader is None
+        or getattr(img, "is_animated", False)
+        or img.mode == "CMYK"
+        or metadata > _LIBVIPS_MAX_METADATA
+    ):
+        return None
+    swapped = orientation in _SWAPPING_ORIENTATIONS
+    if fit == "contain":
+        upright = _output_size(img.size[::-1] if swapped else img.size, size, fit)
+        width, height = upright[::-1] if swapped else upright
+    else:
+        width, height = decode_size
+    if width >= img.width or height >= img.height:
+        return None
+    _check_decode_bytes(img, max_decode_bytes)
+    with _libvips_source(img) as source:
+        thumb = pyvips.Image.thumbnail_source(
+            source, width, height=height, size="force", no_rotate=True, option_string="fail_on=truncated"
+        )
+        pixels = thumb.write_to_memory()
+    if thumb.format != "uchar" or thumb.bands not in _LIBVIPS_MODES:
+        raise ValueError(f"libvips gave {thumb.bands} bands of {thumb.format}")  # a decoding error: corrupt
+    return Image.frombytes(_LIBVIPS_MODES[thumb.bands], (thumb.width, thumb.height), pixels)
+
+
+@contextlib.contextmanager
+def _libvips_source(img):
+    """A libvips source reading the file img was opened from. libvips reads through a copy of its descriptor,
+    which shares the file's offset with Pillow's buffered reader: the offset is put back after, for Pillow."""
+    descriptor = img.fp.fileno()
+    offset = os.lseek(descriptor, 0, os.SEEK_CUR)
+    try:
+        yield pyvips.Source.new_from_descriptor(descriptor)
+    finally:
+        os.lseek(descriptor, offset, os.SEEK_SET)
 
 
 def _animation(img, count, size, fit, place, max_frames, max_decode_bytes):
@@ -584,19 +722,32 @@ def _animation(img, count, size, fit, place, max_frames, max_decode_bytes):
 
 
 def _output_size(src_size, size, fit):
-    """The size _resize makes of src_size (at most; "contain" never upscales), for an estimate."""
+    """The size _resize makes of src_size: for "contain", Pillow 13's thumbnail() rule (never larger, the aspect
+    kept, each side rounded down or up, whichever keeps the aspect closer), so libvips shrinks to what Pillow
+    would make (_shrunk_by_libvips)."""
+    (width, height), (box_w, box_h) = src_size, size
     if fit != "contain":
         return size
-    scale = min(1, size[0] / src_size[0], size[1] / src_size[1])
-    return math.ceil(src_size[0] * scale), math.ceil(src_size[1] * scale)
+    if box_w >= width and box_h >= height:
+        return src_size
+    aspect = width / height
+    if box_w / box_h >= aspect:
+        return _closest_side(box_h * aspect, lambda side: abs(aspect - side / box_h)), box_h
+    return box_w, _closest_side(box_w / aspect, lambda side: abs(aspect - box_w / side) if side else 0)
 
 
-def _draft_size(src_size, size, fit, swapped):
-    """The smallest decode size (in the file's stored orientation) leaving _DRAFT_GAP times the output's sides."""
+def _closest_side(exact, error):
+    return max(min(math.floor(exact), math.ceil(exact), key=error), 1)
+
+
+def _draft_size(src_size, size, fit, swapped, least_pixels=0):
+    """The smallest decode size (in the file's stored orientation) leaving _DRAFT_GAP times the output's sides,
+    and at least least_pixels (or the whole image)."""
     (src_w, src_h), (out_w, out_h) = src_size, (size[::-1] if swapped else size)
     # draft() reduces both axes by one factor, so "stretch", whose axes scale differently,
     # needs the larger scale, as "cover" does.
     scale = (min if fit == "contain" else max)(out_w / src_w, out_h / src_h)
+    scale = max(scale, math.sqrt(least_pixels / (src_w * src_h)))
     return math.ceil(src_w * scale * _DRAFT_GAP), math.ceil(src_h * scale * _DRAFT_GAP)
 
 
@@ -703,6 +854,10 @@ def _interest_point(img, share):
 # copy 320 pixels on its long side missed them (the detector's smallest face is 24 pixels).
 _FACES_PIXELS = 90_000
 _SMALLEST_FACE = 24  # pixels: the cascade's own window
+# A smart crop's decode has at least this many pixels (a JPEG drafted, a PNG or WebP shrunk by libvips), so the
+# detector's copy is a downscale, as from a full decode: decoded at a 100 px cover's size (300x100), the test's
+# group photo showed the detector no face; at _FACES_PIXELS, one of its three; at this, two, as a full decode.
+_SMART_DECODE_PIXELS = 2 * _FACES_PIXELS
 
 
 def _faces(img):

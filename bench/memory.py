@@ -52,9 +52,10 @@ def main(argv=None) -> int:
     )
     parser.add_argument(
         "--source",
-        choices=("corpus", "jpeg12"),
+        choices=("corpus", "jpeg12", "png", "webp"),
         default="corpus",
-        help="corpus: its 1920x1280 photos; jpeg12: --batch of them as 12 MP phone-size JPEGs (bench/engine.py's)",
+        help="corpus: its 1920x1280 photos; jpeg12, png, webp: --batch of them as bench/engine.py's sources of that "
+        "kind (12 MP phone-size JPEGs; 2.5 MP PNGs and WebPs, which libvips shrinks)",
     )
     parser.add_argument("--box", type=int, default=100, help="the thumbnails' box, px (default 100)")
     args = parser.parse_args(argv)
@@ -68,8 +69,8 @@ def main(argv=None) -> int:
 
     batches = -(-args.images // args.batch)
     early_images = args.batch * -(-min(EARLY_IMAGES, args.images // 2 or 1) // args.batch)  # a batch boundary
-    if args.source == "jpeg12":
-        sources = engine.make_sources("jpeg12", corpus.jpegs(args.corpus, args.batch))
+    if args.source != "corpus":
+        sources = engine.make_sources(args.source, corpus.jpegs(args.corpus, args.batch))
     else:
         corpus.ensure(args.corpus, args.batch)
         sources = corpus.files(args.corpus, args.batch)

@@ -49,6 +49,14 @@ X86_64_ONLY = {
     "and run.py falls back to a redis-server on the PATH (imagejobs/embedded_redis.py). On aarch64 only its "
     "sdist exists, whose build needs a compiler the slim image lacks",
 }
+# Packages published only as a source distribution, which is pure Python (it builds a py3-none-any wheel, no
+# compiler needed, on any machine), and why they are needed: the wheels-only resolution leaves them out (pip
+# cannot resolve an sdist for another platform), and test_pure_python_sdists_build_a_wheel_for_any_machine
+# builds each one's wheel instead.
+PURE_PYTHON_SDISTS = {
+    "pyvips": "libvips' binding (Image.py): only its sdist is published since 2.2; libvips itself comes in "
+    "pyvips-binary's wheels, which the resolution checks",
+}
 RESOLVE_TIMEOUT = 840
 
 # pip, with platform.machine() answering the architecture given first on the command line.
@@ -64,12 +72,13 @@ PIP_FOR_MACHINE = (
 def requirements(path):
     """The Requirement of each line of a requirements file (not the -r lines: the file they include is read
     by the test that needs it)."""
-    found = []
-    for raw in path.read_text(encoding="utf-8").splitlines():
-        line = raw.split(" #", 1)[0].strip()
-        if line and not line.startswith(("#", "-")):
-            found.append(Requirement(line))
-    return found
+    return [found for found in map(requirement_of, path.read_text(encoding="utf-8").splitlines()) if found]
+
+
+def requirement_of(raw):
+    """The Requirement a line of a requirements file states, or None (a comment, a blank or a -r line)."""
+    line = raw.split(" #", 1)[0].strip()
+    return Requirement(line) if line and not line.startswith(("#", "-")) else None
 
 
 def environment(machine, system="Linux"):
@@ -179,10 +188,24 @@ def resolve(machine: str, folder: Path) -> list[dict]:
     command += ["--python-version", dockerfile.base_python(), "--no-cache-dir", "--quiet"]
     for platform_tag in platforms:
         command += ["--platform", platform_tag]
-    command += ["-r", str(REQUIREMENTS), "--report", str(report)]
+    command += ["-r", str(wheels_only_requirements(folder)), "--report", str(report)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=RESOLVE_TIMEOUT, cwd=folder)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return json.loads(report.read_text())["install"]
+
+
+def wheels_only_requirements(folder: Path) -> Path:
+    """A copy of requirements.txt in folder, and of the requirements-core.txt it includes, without the
+    PURE_PYTHON_SDISTS lines."""
+    for path in (REQUIREMENTS, CORE):
+        lines = path.read_text(encoding="utf-8").splitlines()
+        kept = [line for line in lines if not is_pure_python_sdist(requirement_of(line))]
+        (folder / path.name).write_text("\n".join(kept) + "\n", encoding="utf-8")
+    return folder / REQUIREMENTS.name
+
+
+def is_pure_python_sdist(requirement):
+    return requirement is not None and canonicalize_name(requirement.name) in PURE_PYTHON_SDISTS
 
 
 @pytest.fixture(scope="module")
@@ -210,3 +233,18 @@ def test_requirements_resolve_to_wheels_for(machine, resolutions):
         wheel = item["download_info"]["url"].rsplit("/", 1)[-1]
         _, _, _, tags = parse_wheel_filename(wheel)
         assert any(tag.platform == "any" or tag.platform.endswith(f"_{machine}") for tag in tags), wheel
+
+
+@pytest.mark.timeout(RESOLVE_TIMEOUT)
+@pytest.mark.parametrize("name", sorted(PURE_PYTHON_SDISTS))
+def test_pure_python_sdists_build_a_wheel_for_any_machine(name, tmp_path):
+    reason = index_unreachable()
+    if reason:
+        pytest.skip(reason)
+    (requirement,) = [r for r in requirements(CORE) if canonicalize_name(r.name) == name]
+    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-cache-dir", "--quiet", "-w", str(tmp_path)]
+    done = subprocess.run([*command, str(requirement)], capture_output=True, text=True, timeout=RESOLVE_TIMEOUT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (wheel,) = tmp_path.glob("*.whl")
+    _, _, _, tags = parse_wheel_filename(wheel.name)
+    assert {(tag.abi, tag.platform) for tag in tags} == {("none", "any")}, PURE_PYTHON_SDISTS[name]
