@@ -1237,6 +1237,28 @@ def test_a_jpeg_libvips_shrinks_is_turned_upright_and_refused_truncated(tmp_path
     assert near(opened(tmp_path / "c.png").getpixel((10, 10)), (255, 0, 0), 40)
 
 
+def test_a_file_rewritten_before_libvips_reads_it_is_refused(tmp_path, monkeypatch):
+    # Tried: a 600x400 PNG, measured by Pillow against a 1 MP limit, rewritten in place (same file, same
+    # descriptor) as a 4000x1000 one just before libvips reads it. Got: "The image data is truncated or
+    # corrupt.", and nothing written: libvips' reading of the size is checked against Pillow's.
+    path = write(tmp_path / "swap.png", encode(halves("RGB", "red", "blue", (600, 400)), "PNG"))
+    larger = encode(halves("RGB", "blue", "red", (4000, 1000)), "PNG")
+    check = Image._check_decode_bytes
+
+    def rewrite_then_check(img, limit, kept=0):
+        with open(path, "r+b") as file:
+            file.write(larger)
+            file.truncate()
+        check(img, limit, kept)
+
+    monkeypatch.setattr(Image, "_check_decode_bytes", rewrite_then_check)
+    (tmp_path / "out").mkdir()
+    assert (
+        image_error(Image.make_thumbnail, path, tmp_path / "out" / "t.png", 300, 300, max_pixels=1_000_000) == CORRUPT
+    )
+    assert_only(tmp_path / "out")
+
+
 @pytest.mark.parametrize(
     "data",
     [
