@@ -655,7 +655,7 @@ def _shrunk_by_libvips(img, size, fit, orientation, decode_size, max_decode_byte
     formula where libvips would through a profile (one rule for every CMYK image); more than
     _LIBVIPS_MAX_METADATA of metadata; or nothing to shrink. libvips reads the file Pillow opened and measured,
     through its descriptor, not its path; it converts no colours (the ICC profile is handled as for every
-    format, _for_output). One libvips thumbnail costs 1.5-2.5x less CPU than Pillow's whole decode and resize
+    format, _for_output). One libvips thumbnail costs 1.2-2x less CPU than Pillow's whole decode and resize
     (bench/engine.py): WebP is decoded scaled, and a PNG or an unscaled JPEG streamed through the shrink."""
     metadata = sum(len(value) for value in img.info.values() if isinstance(value, (str, bytes)))
     if (
