@@ -657,13 +657,10 @@ def _shrunk_by_libvips(img, size, fit, orientation, decode_size, max_decode_byte
     through its descriptor, not its path; it converts no colours (the ICC profile is handled as for every
     format, _for_output). One libvips thumbnail costs 1.2-2x less CPU than Pillow's whole decode and resize
     (bench/engine.py): WebP is decoded scaled, and a PNG or an unscaled JPEG streamed through the shrink."""
-    metadata = sum(len(value) for value in img.info.values() if isinstance(value, (str, bytes)))
-    if (
-        _format_of(img).libvips_loader is None
-        or getattr(img, "is_animated", False)
-        or img.mode == "CMYK"
-        or metadata > _LIBVIPS_MAX_METADATA
-    ):
+    fmt = _format_of(img)
+    if fmt.libvips_loader is None or getattr(img, "is_animated", False) or img.mode == "CMYK":
+        return None
+    if sum(len(value) for value in img.info.values() if isinstance(value, (str, bytes))) > _LIBVIPS_MAX_METADATA:
         return None
     swapped = orientation in _SWAPPING_ORIENTATIONS
     if fit == "contain":
@@ -676,8 +673,7 @@ def _shrunk_by_libvips(img, size, fit, orientation, decode_size, max_decode_byte
     _check_decode_bytes(img, max_decode_bytes)
     # A loader that decodes scaled (libwebp) is asked for _REDUCING_GAP times the output: scaled to the output
     # itself, a WebP thumbnail was 40.3 dB from the reference at 100 px, against 48.9 so, for the same CPU.
-    scale = min(1.0, _REDUCING_GAP * max(width / img.width, height / img.height))
-    scale = scale if _format_of(img).libvips_scales else 1.0
+    scale = min(1.0, _REDUCING_GAP * max(width / img.width, height / img.height)) if fmt.libvips_scales else 1.0
     options = {"scale": scale} if scale < 1 else {}
     with _libvips_source(img) as source:
         decoded = pyvips.Image.new_from_source(source, "", access="sequential", fail_on="truncated", **options)
