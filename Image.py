@@ -18,10 +18,10 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import blurhash
 import pillow_heif
 import pillow_jxl  # noqa: F401  (registers pillow-jxl-plugin's JPEG XL decoder with Pillow)
 import pyvips
+from blurhash_rs import blurhash_encode
 from PIL import ExifTags, Image, ImageCms, ImageMode, ImageOps
 
 # HEIC/HEIF through pillow-heif (libheif): the primary image only; its thumbnails, depth maps and auxiliary
@@ -354,19 +354,17 @@ def make_thumbnail(
 
 # BlurHash's components across the long side and the short one: 4 x 3 gives 28 characters.
 _PLACEHOLDER_COMPONENTS = (4, 3)
-_PLACEHOLDER_SIDE = 32  # the hash is made from a copy this small: a blur needs no more (0.4 ms a thumbnail)
+_PLACEHOLDER_SIDE = 32  # the hash is made from a copy this small: a blur needs no more
 
 
 def placeholder_of(img) -> str:
     """A BlurHash (https://blurha.sh) of img, which a page can draw blurred while the image loads: from a copy
     at most _PLACEHOLDER_SIDE pixels a side, alpha flattened onto white."""
-    small = _flatten(img.convert("RGBA") if img.mode == "P" else img).convert("RGB")  # a copy: encode() closes it
+    small = _flatten(img.convert("RGBA") if img.mode == "P" else img).convert("RGB")  # a copy: img stays as it is
     small.thumbnail((_PLACEHOLDER_SIDE, _PLACEHOLDER_SIDE))
     long, short = _PLACEHOLDER_COMPONENTS
     x, y = (long, short) if small.width >= small.height else (short, long)
-    with warnings.catch_warnings():  # blurhash-python 1.2 reads the pixels with getdata(), deprecated by Pillow 13
-        warnings.filterwarnings("ignore", "Image.Image.getdata", DeprecationWarning)
-        return blurhash.encode(small, x_components=x, y_components=y)
+    return blurhash_encode(small, x_components=x, y_components=y)
 
 
 def open_rgb(path, max_pixels: int, min_side: int, *, max_decode_bytes=DEFAULT_MAX_DECODE_BYTES) -> Image.Image:
