@@ -16,9 +16,9 @@ are settings, so a test (or an impatient operator) can make it seconds.
 Per job, a plain SimpleWorker makes about 30 Redis round trips; 10 of them renew the worker's own
 key (which lives WORKER_TTL + 60 s) and 3 more re-write an unchanged state or re-check `rq suspend`.
 This one renews its key once per job (RQ shortens the key's life as a job starts), at most every
-WORKER_BEAT_EVERY seconds otherwise, in one round trip; writes its state only when it changes; and
-checks for suspension at most every SUSPENSION_CHECK_EVERY seconds (bench/README.md gives the before
-and after).
+WORKER_BEAT_EVERY seconds otherwise, in one round trip; writes its state only when it changes; checks
+for suspension at most every SUSPENSION_CHECK_EVERY seconds; and starts a job, and ends it, in one
+transaction each (bench/README.md gives the before and after).
 """
 
 import logging
@@ -27,8 +27,9 @@ import threading
 import time
 
 from redis.exceptions import RedisError
-from rq import SimpleWorker
+from rq import Queue, SimpleWorker
 from rq.exceptions import StopRequested
+from rq.executions import Execution
 from rq.job import Job, _job_stack
 from rq.utils import now
 from rq.worker import WorkerStatus
@@ -143,6 +144,29 @@ class ImageWorker(SimpleWorker):
             return
         self._next_suspension_check = time.monotonic() + SUSPENSION_CHECK_EVERY
         super().check_for_suspension(burst)
+
+    def prepare_execution(self, job):
+        """Nothing here: the execution record RQ writes as a job starts, and the worker's BUSY state, go in
+        prepare_job_execution's transaction, which RQ runs right after this one (one round trip, not two)."""
+
+    def prepare_job_execution(self, job, remove_from_intermediate_queue=False):
+        """RQ's two transactions as a job starts, in one: RQ's prepare_execution (the execution record, in the
+        started registry, and the BUSY state) and its prepare_job_execution (the current job, the job's and
+        the worker's heartbeats, the job's STARTED status and start time, its removal from the intermediate
+        queue)."""
+        heartbeat_ttl = self.get_heartbeat_ttl(job)
+        with self.connection.pipeline() as pipeline:
+            self.execution = Execution.create(job, heartbeat_ttl, pipeline=pipeline, worker_name=self.name)
+            self.set_state(WorkerStatus.BUSY, pipeline=pipeline)
+            self.set_current_job_id(job.id, pipeline=pipeline)
+            self.set_current_job_working_time(0, pipeline=pipeline)
+            self.heartbeat(heartbeat_ttl, pipeline=pipeline)
+            job.heartbeat(now(), heartbeat_ttl, pipeline=pipeline)
+            job.prepare_for_execution(self.name, pipeline=pipeline)
+            if remove_from_intermediate_queue:
+                pipeline.lrem(Queue(job.origin, connection=self.connection).intermediate_queue_key, 1, job.id)
+            pipeline.execute()
+        self.procline(f"Processing {job.func_name} from {job.origin} since {time.time()}")
 
     def handle_execution_ended(self, job, queue, heartbeat_ttl):
         """The job's end time. RQ also beats the job's key here, a round trip of its own, right before the
