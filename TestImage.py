@@ -95,11 +95,12 @@ def psnr(a: PILImage.Image, b: PILImage.Image) -> float:
     return 99.0 if error == 0 else 10 * math.log10(255**2 / error)
 
 
-def thumbnail_psnr(tmp_path, path, box) -> float:
-    """The PSNR of path's box x box thumbnail (as PNG) against one LANCZOS step from its full decode (what a
-    slow, careful resize gives)."""
-    Image.make_thumbnail(path, tmp_path / "t.png", box, box, fmt="png")
-    thumb = opened(tmp_path / "t.png").convert("RGB")
+def thumbnail_psnr(tmp_path, path, box, fmt="png") -> float:
+    """The PSNR of path's box x box thumbnail (as PNG, or fmt) against one LANCZOS step from its full decode
+    (what a slow, careful resize gives)."""
+    made = Image.make_thumbnail(path, tmp_path / "t", box, box, fmt=fmt)
+    thumb = opened(tmp_path / "t").convert("RGB")
+    assert made["format"] == fmt.upper()
     with PILImage.open(path) as full:
         return psnr(thumb, full.convert("RGB").resize(thumb.size, PILImage.Resampling.LANCZOS))
 
@@ -530,6 +531,14 @@ def test_jpeg_is_decoded_as_small_as_keeps_the_output_size(tmp_path, monkeypatch
     assert max(made["width"], made["height"]) == box
     assert sizes == ([decoded] if decoded else [])
     assert len(asked) == (0 if decoded else 1)
+
+
+@pytest.mark.parametrize(("box", "floor_db"), [(100, 37.2), (256, 39.8), (512, 41.7)])
+def test_an_avif_thumbnail_is_resampled_with_lanczos(tmp_path, box, floor_db):
+    """AVIF keeps the detail a softer resample loses, so its final resample is LANCZOS (Image._RESAMPLING).
+    Tried: the drafted photo to AVIF at three sizes, against one LANCZOS step from the full decode. Got (this
+    photo): 38.3, 41.2 and 43.8 dB; with Pillow's default BICUBIC it was 36.1, 38.8 and 40.7, under each floor."""
+    assert thumbnail_psnr(tmp_path, big_jpeg(tmp_path), box, "avif") > floor_db
 
 
 @pytest.mark.parametrize("box", [100, 256, 512, 1024])
