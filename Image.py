@@ -22,7 +22,7 @@ import pillow_heif
 import pillow_jxl  # noqa: F401  (registers pillow-jxl-plugin's JPEG XL decoder with Pillow)
 import pyvips
 from blurhash_rs import blurhash_encode
-from PIL import ExifTags, Image, ImageCms, ImageMode, ImageOps
+from PIL import ExifTags, Image, ImageCms, ImageMode
 
 # HEIC/HEIF through pillow-heif (libheif): the primary image only; its thumbnails, depth maps and auxiliary
 # images are neither listed nor decoded.
@@ -176,7 +176,8 @@ IMAGE_EXTENSIONS = frozenset(extension for fmt in READ_FORMATS.values() for exte
 MEDIA_TYPES = {extension: fmt.media_type for fmt in READ_FORMATS.values() for extension in fmt.extensions}
 # Raised when what the engine makes of the same image and parameters changes (3: animations kept, HEIC read;
 # 4: PNG and WebP stills, and JPEGs not drafted, shrunk by libvips; 5: AVIF resampled with LANCZOS, placeholders
-# by blurhash-rs): results remembered under an earlier version are made again (imagejobs/reuse.py).
+# by blurhash-rs, perceptual hashes of PNG and WebP from libvips' shrink): results remembered under an earlier
+# version are made again (imagejobs/reuse.py).
 ENGINE_VERSION = 5
 FORMATS = ("jpeg", "png", "webp", "avif", "gif")
 ANIMATED_FORMATS = frozenset({"png", "webp", "avif", "gif"})  # outputs that keep an animation
@@ -380,22 +381,35 @@ def open_rgb(path, max_pixels: int, min_side: int, *, max_decode_bytes=DEFAULT_M
     """The first frame of path decoded as an upright (EXIF-transposed) RGB image, fully loaded and
     detached from the file.
 
-    A JPEG is decoded reduced (draft) as far as keeps its short side at least min_side (or
-    whole, if it is smaller than that already), in at most max_decode_bytes. Alpha is flattened
-    onto white and 16-bit or float images are scaled into 8 bits, as for thumbnails. Raises
-    ImageError for a bad image.
+    It is decoded reduced as far as keeps its short side at least min_side (or whole, if it is smaller
+    than that already), by the decoders a thumbnail's decode uses (_thumbnail): a JPEG's DCT scaling, else
+    libvips' shrink for PNG and WebP stills, else Pillow's whole decode, in at most max_decode_bytes. The
+    orientation is read and applied as for a thumbnail. Alpha is flattened onto white and 16-bit or float
+    images are scaled into 8 bits. Raises ImageError for a bad image.
     """
     with _opened(path, max_pixels, max_decode_bytes) as img:
         try:
-            short = min(img.size)
-            if short > min_side:
-                scale = min_side / short
-                img.draft(None, (math.ceil(img.width * scale), math.ceil(img.height * scale)))
-            _check_decode_bytes(img, max_decode_bytes)
-            ImageOps.exif_transpose(img, in_place=True)
-            return _flatten(_to_8bit(img)).convert("RGB")  # convert() always returns a loaded copy
+            orientation = _orientation(img)
+            decoded = _decoded_at_least(img, min_side, orientation, max_decode_bytes)
+            if orientation in _UPRIGHT:
+                decoded = decoded.transpose(_UPRIGHT[orientation])
+            return _flatten(_to_8bit(decoded)).convert("RGB")  # convert() always returns a loaded copy
         except _DECODE_ERRORS as exc:
-            raise _read_error(exc, _CORRUPT) from None
+            error = _read_error(exc, _CORRUPT)
+    raise error  # outside the except, as in _thumbnail
+
+
+def _decoded_at_least(img, min_side, orientation, max_decode_bytes):
+    """img decoded in its stored orientation, its short side reduced toward min_side but not below it."""
+    short = min(img.size)
+    if short > min_side:
+        scale = min_side / short
+        size = (math.ceil(img.width * scale), math.ceil(img.height * scale))
+        if not _draft_scales(img, size):
+            shrunk = _shrunk_by_libvips(img, size, "cover", orientation, size, max_decode_bytes)
+            if shrunk is not None:
+                return shrunk
+    return _decoded(img, max_decode_bytes)
 
 
 # The side open_rgb decodes at least for a perceptual hash: pHash resizes to 32 x 32 (a JPEG's draft then
