@@ -27,7 +27,7 @@ import threading
 import time
 
 from redis.exceptions import RedisError
-from rq import Queue, SimpleWorker
+from rq import SimpleWorker
 from rq.exceptions import StopRequested
 from rq.executions import Execution
 from rq.job import Job, _job_stack
@@ -146,14 +146,12 @@ class ImageWorker(SimpleWorker):
         super().check_for_suspension(burst)
 
     def prepare_execution(self, job):
-        """Nothing here: the execution record RQ writes as a job starts, and the worker's BUSY state, go in
-        prepare_job_execution's transaction, which RQ runs right after this one (one round trip, not two)."""
-
-    def prepare_job_execution(self, job, remove_from_intermediate_queue=False):
-        """RQ's two transactions as a job starts, in one: RQ's prepare_execution (the execution record, in the
-        started registry, and the BUSY state) and its prepare_job_execution (the current job, the job's and
-        the worker's heartbeats, the job's STARTED status and start time, its removal from the intermediate
-        queue)."""
+        """RQ's two transactions as a job starts, in one round trip: its prepare_execution (the execution record,
+        in the started registry, and the BUSY state) and its prepare_job_execution (the current job, the job's
+        and the worker's heartbeats, the job's STARTED status and start time, its removal from the intermediate
+        queue). Here, where RQ's SimpleWorker.execute_job makes the first, outside perform_job's catch-all: a
+        Redis error or a warm shutdown at this point stops the worker as in RQ, and is not taken for the job's
+        failure. tests/TestJobControl.py checks what a start writes, so an RQ that changes it is noticed."""
         heartbeat_ttl = self.get_heartbeat_ttl(job)
         with self.connection.pipeline() as pipeline:
             self.execution = Execution.create(job, heartbeat_ttl, pipeline=pipeline, worker_name=self.name)
@@ -163,9 +161,13 @@ class ImageWorker(SimpleWorker):
             self.heartbeat(heartbeat_ttl, pipeline=pipeline)
             job.heartbeat(now(), heartbeat_ttl, pipeline=pipeline)
             job.prepare_for_execution(self.name, pipeline=pipeline)
-            if remove_from_intermediate_queue:
-                pipeline.lrem(Queue(job.origin, connection=self.connection).intermediate_queue_key, 1, job.id)
+            if len(self.queues) == 1:  # RQ's rule: with one queue, the job was moved through its intermediate queue
+                pipeline.lrem(self.queues[0].intermediate_queue_key, 1, job.id)
             pipeline.execute()
+        return self.execution
+
+    def prepare_job_execution(self, job, remove_from_intermediate_queue=False):
+        """What RQ writes here, prepare_execution has written already."""
         self.procline(f"Processing {job.func_name} from {job.origin} since {time.time()}")
 
     def handle_execution_ended(self, job, queue, heartbeat_ttl):

@@ -290,3 +290,57 @@ def test_a_parameter_given_twice_is_a_400_on_every_route(client, folder, images_
         answer = client.get(url)
         assert answer.status_code == 400 and "give it once" in answer.get_json()["error"], (url, answer.get_json())
     assert client.get(f"/result/{job_id}?wait=1").status_code == 200
+
+
+# --- what a worker writes as a job starts -------------------------------------------------------------------
+
+
+def test_a_job_starts_in_one_round_trip_writing_what_rq_writes(monkeypatch):
+    """RQ writes a job's start in two transactions (prepare_execution, then prepare_job_execution); ImageWorker
+    queues both in one, a copy of RQ's steps that a later RQ could leave behind. Tried: a job dequeued from a
+    private queue as a worker dequeues it (moved to the queue's intermediate list), then the two calls RQ makes,
+    counting the worker's round trips. Got: one round trip, then none; the worker BUSY on the job, the job
+    STARTED by it with a start time, in the started registry with the worker's execution, out of the
+    intermediate list."""
+    from rq.job import JobStatus
+    from rq.queue import Queue
+
+    from imagejobs.worker import ImageWorker, TrustedJob
+    from RedisConfig import SERIALIZER, connection
+
+    redis = connection()
+    q = queue("start-test", redis)
+    worker = ImageWorker([q], connection=redis, serializer=SERIALIZER, job_class=TrustedJob)
+    worker.register_birth()
+    try:
+        enqueued = q.enqueue("imagejobs.tasks.run_single", "size", "x.jpg", {})
+        job, _ = Queue.dequeue_any([q], None, connection=redis, job_class=TrustedJob, serializer=SERIALIZER)
+        assert job.id == enqueued.id and redis.lrange(q.intermediate_queue_key, 0, -1) == [job.id.encode()]
+        trips = []
+        real_pipeline = redis.pipeline
+
+        def counted_pipeline(*args, **kwargs):
+            pipe = real_pipeline(*args, **kwargs)
+            real_execute = pipe.execute
+            monkeypatch.setattr(pipe, "execute", lambda *a, **k: trips.append("pipeline") or real_execute(*a, **k))
+            return pipe
+
+        real_command = redis.execute_command
+        monkeypatch.setattr(redis, "pipeline", counted_pipeline)
+        monkeypatch.setattr(redis, "execute_command", lambda *a, **k: trips.append(a[0]) or real_command(*a, **k))
+        worker.prepare_execution(job)
+        assert trips == ["pipeline"]
+        worker.prepare_job_execution(job, remove_from_intermediate_queue=True)
+        assert trips == ["pipeline"]
+        monkeypatch.undo()
+
+        assert redis.hget(worker.key, "state") == b"busy" and redis.hget(worker.key, "current_job") == job.id.encode()
+        job.refresh()
+        assert job.get_status() == JobStatus.STARTED and job.worker_name == worker.name and job.started_at
+        assert job.id in q.started_job_registry.get_job_ids()
+        assert worker.execution.id in [execution.id for execution in job.get_executions()]
+        assert redis.lrange(q.intermediate_queue_key, 0, -1) == []
+    finally:
+        worker.register_death()
+        q.empty()
+        q.started_job_registry.cleanup()
