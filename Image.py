@@ -176,8 +176,8 @@ IMAGE_EXTENSIONS = frozenset(extension for fmt in READ_FORMATS.values() for exte
 MEDIA_TYPES = {extension: fmt.media_type for fmt in READ_FORMATS.values() for extension in fmt.extensions}
 # Raised when what the engine makes of the same image and parameters changes (3: animations kept, HEIC read;
 # 4: PNG and WebP stills, and JPEGs not drafted, shrunk by libvips; 5: AVIF resampled with LANCZOS, placeholders
-# by blurhash-rs, perceptual hashes of PNG and WebP from libvips' shrink): results remembered under an earlier
-# version are made again (imagejobs/reuse.py).
+# by blurhash-rs, perceptual hashes decoded as thumbnails are): results remembered under an earlier version are
+# made again (imagejobs/reuse.py).
 ENGINE_VERSION = 5
 FORMATS = ("jpeg", "png", "webp", "avif", "gif")
 ANIMATED_FORMATS = frozenset({"png", "webp", "avif", "gif"})  # outputs that keep an animation
@@ -230,7 +230,7 @@ _SAVE_OPTIONS = {
 }
 # A JPEG is decoded scaled by 1/2, 1/4 or 1/8 (DCT scaling: a fraction of a full decode's cost) as far as
 # leaves at least the output's size, as thumbor does; the decoded image is then between one and two times the
-# output, and the final resample (BICUBIC) makes it. Asking for twice the output (Pillow's thumbnail() does)
+# output, and the final resample (_RESAMPLING) makes it. Asking for twice the output (Pillow's thumbnail() does)
 # decoded a 1920 px photo whole for a 512 px box: 2.2 times the CPU for 0.1 dB (bench/engine.py).
 _DRAFT_GAP = 1.0
 # The final resample's filter, by output format; BICUBIC (Pillow's thumbnail() default) for the others. AVIF keeps
@@ -382,8 +382,8 @@ def open_rgb(path, max_pixels: int, min_side: int, *, max_decode_bytes=DEFAULT_M
     detached from the file.
 
     It is decoded reduced as far as keeps its short side at least min_side (or whole, if it is smaller
-    than that already), by the decoders a thumbnail's decode uses (_thumbnail): a JPEG's DCT scaling, else
-    libvips' shrink for PNG and WebP stills, else Pillow's whole decode, in at most max_decode_bytes. The
+    than that already): a JPEG by its DCT scaling, a PNG or WebP still by libvips' shrink, as a thumbnail's
+    decode (_thumbnail), else whole by Pillow (_decoded_at_least), in at most max_decode_bytes. The
     orientation is read and applied as for a thumbnail. Alpha is flattened onto white and 16-bit or float
     images are scaled into 8 bits. Raises ImageError for a bad image.
     """
@@ -400,12 +400,16 @@ def open_rgb(path, max_pixels: int, min_side: int, *, max_decode_bytes=DEFAULT_M
 
 
 def _decoded_at_least(img, min_side, orientation, max_decode_bytes):
-    """img decoded in its stored orientation, its short side reduced toward min_side but not below it."""
+    """img decoded in its stored orientation, its short side reduced toward min_side but not below it.
+
+    Unlike a thumbnail's, a JPEG no DCT scale fits is decoded whole by Pillow: what follows (imagehash's resize,
+    the classifier's crop and resize) is cheap, and libvips' decode and shrink cost more (a 640x427 photo into
+    the classifier's input: 7.7 ms against 4.4) and moved its top label in 16 of 120 photos."""
     short = min(img.size)
     if short > min_side:
         scale = min_side / short
         size = (math.ceil(img.width * scale), math.ceil(img.height * scale))
-        if not _draft_scales(img, size):
+        if not _draft_scales(img, size) and not _format_of(img).drafts:
             shrunk = _shrunk_by_libvips(img, size, "cover", orientation, size, max_decode_bytes)
             if shrunk is not None:
                 return shrunk
@@ -413,7 +417,7 @@ def _decoded_at_least(img, min_side, orientation, max_decode_bytes):
 
 
 # The side open_rgb decodes at least for a perceptual hash: pHash resizes to 32 x 32 (a JPEG's draft then
-# decodes it at 1/8 or so, a fraction of a full decode's cost).
+# decodes it at 1/8 or so, a fraction of a full decode's cost; libvips shrinks a PNG or WebP as it decodes).
 _HASH_SIDE = 64
 
 

@@ -1208,6 +1208,36 @@ def test_every_decoder_turns_an_image_by_the_same_reading_of_its_orientation(tmp
     assert len(asked) == (6 if box == 100 else 8)
 
 
+def test_open_rgb_decodes_reduced_and_upright_as_a_thumbnail_does(tmp_path, monkeypatch):
+    """open_rgb (duplicates' perceptual hash, classify's input) uses a thumbnail's decoders and its reading of
+    the orientation. Tried: the oriented sources (600x400, orientation 6) with a short side of at least 100; a
+    300x200 JPEG with orientation 6 at 100 (1/2 fits) and at 120 (no DCT scale fits); a CMYK JPEG no scale fits;
+    an animated GIF. Got: each upright and reduced (100x150, the stored left half, red, on top): the JPEGs
+    drafted by Pillow, the PNGs and WebPs shrunk by libvips; the small JPEG drafted at 100 and decoded whole by
+    Pillow at 120 (libvips would cost more there); the CMYK JPEG and the GIF whole by Pillow, libvips not asked.
+    The PNG whose eXIf follows its pixels stays a landscape, as its thumbnail does (ImageOps.exif_transpose, used
+    before, turned it)."""
+    asked = libvips_thumbnails(monkeypatch)
+    for name, path in oriented_sources(tmp_path).items():
+        img = Image.open_rgb(path, LIMIT, 100)
+        if name == "exif-after-pixels.png":
+            assert img.size == (150, 100), name
+            continue
+        assert img.size == (100, 150), name
+        assert near(img.getpixel((50, 3)), (255, 0, 0), 40) and near(img.getpixel((50, 146)), (0, 0, 255), 40), name
+    assert len(asked) == 6  # the 5 PNGs and WebPs, and the trailing-eXIf PNG; not the drafted JPEGs
+    small = rotated_source(tmp_path, "JPEG")
+    asked.clear()
+    assert Image.open_rgb(small, LIMIT, 100).size == (100, 150) and asked == []  # drafted to 1/2 by Pillow
+    assert Image.open_rgb(small, LIMIT, 120).size == (200, 300) and asked == []  # no scale fits: whole, by Pillow
+    asked.clear()
+    cmyk = write(tmp_path / "cmyk.jpg", encode(PILImage.new("CMYK", (600, 400), (0, 255, 255, 0)), "JPEG"))
+    img = Image.open_rgb(cmyk, LIMIT, 300)  # 1/2 would be 300x200: whole, and not by libvips (CMYK)
+    assert img.size == (600, 400) and img.mode == "RGB" and near(img.getpixel((5, 5)), (255, 0, 0), 40)
+    moving = Image.open_rgb(animation(tmp_path / "a.gif", "GIF", size=(600, 400)), LIMIT, 100)
+    assert moving.size == (600, 400) and asked == []  # an animation's first frame, whole, by Pillow
+
+
 def test_a_png_heavy_with_text_is_decoded_by_pillow(tmp_path, monkeypatch):
     # Tried: a 300x300 PNG carrying 2 MB of text in two compressed chunks (a few KB on disk). libvips copies
     # text into every image of its pipeline (60 MB of it took 4 times Pillow's memory). Got: Pillow decodes

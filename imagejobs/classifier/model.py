@@ -13,7 +13,8 @@ efficientnet-lite0-<sha256 of the weights>-v<builder version>.tflite in cache_di
 that loads the classifier never imports TensorFlow for the built-in model.
 
 Preprocessing (what the weights were trained with, and what a configured model must expect):
-the image upright and RGB (Image.open_rgb), a centred square crop of 224/256 of its short side,
+the image upright and RGB (Image.open_rgb, which decodes it reduced to a short side of at least 256: a
+JPEG by its DCT scaling, a PNG or WebP by libvips' Lanczos shrink), a centred square crop of 224/256 of its short side,
 bicubic resize to 224x224, then (x - 127) / 128 as float32.
 
 A configured model (CLASSIFIER_MODEL) is a Keras .keras or .h5 file with one input of shape
@@ -51,7 +52,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_SIZE = 224
 CROP_FRACTION = 224 / 256
-# JPEGs are decoded reduced (draft) down to this short side, the least the 224/256 crop needs.
+# Images are decoded reduced (Image.open_rgb) down to this short side, the least the 224/256 crop needs.
 DECODE_MIN_SIDE = 256
 # Images per inference call. TFLite gains no speed from larger batches on a CPU (measured: the same
 # ms/image at 1, 4, 8 and 16) while its tensor arena grows about 9.5 MB per image; 8 keeps the
