@@ -872,11 +872,14 @@ async function cancelJob(row) {
 }
 
 /**
- * After a batch's cancel, read it again a few times, a second apart, until its count stops: a chunk running
- * at the cancel still writes the images it had in hand (within about a quarter of a second) before it stops.
+ * After a batch's cancel, read it again, a second apart, until its count has held for two reads in a row (at most
+ * eight): a chunk running at the cancel still writes the images it had in hand before it stops, a quarter of a
+ * second after the cancel on an idle machine, but on a busy one a second later or more, when one read that
+ * matched the count at the cancel had ended the wait before that write (the browser test saw 71 of 82, once).
  */
 async function settle(row, count) {
-  for (let tries = 0; tries < 4; tries += 1) {
+  let held = 0;
+  for (let tries = 0; tries < 8; tries += 1) {
     await sleep(1000);
     if (row.removed) return;
     let answer;
@@ -890,7 +893,8 @@ async function settle(row, count) {
     if (row.removed || answer.status !== "canceled") return;
     row.end(answer);
     const now = handledOf(answer.progress);
-    if (now === count) return;
+    held = now === count ? held + 1 : 0;
+    if (held === 2) return;
     count = now;
   }
 }
