@@ -409,10 +409,10 @@ def _decoded_at_least(img, min_side, orientation, max_decode_bytes):
     if short > min_side:
         scale = min_side / short
         size = (math.ceil(img.width * scale), math.ceil(img.height * scale))
-        if not _draft_scales(img, size) and not _format_of(img).drafts:
-            shrunk = _shrunk_by_libvips(img, size, "cover", orientation, size, max_decode_bytes)
-            if shrunk is not None:
-                return shrunk
+        if _format_of(img).drafts:
+            _draft_scales(img, size)  # Pillow decodes it, at the scale that fits, if one does
+        elif (shrunk := _shrunk_by_libvips(img, size, "cover", orientation, size, max_decode_bytes)) is not None:
+            return shrunk
     return _decoded(img, max_decode_bytes)
 
 

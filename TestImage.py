@@ -1232,7 +1232,7 @@ def test_open_rgb_decodes_reduced_and_upright_as_a_thumbnail_does(tmp_path, monk
     assert Image.open_rgb(small, LIMIT, 120).size == (200, 300) and asked == []  # no scale fits: whole, by Pillow
     asked.clear()
     cmyk = write(tmp_path / "cmyk.jpg", encode(PILImage.new("CMYK", (600, 400), (0, 255, 255, 0)), "JPEG"))
-    img = Image.open_rgb(cmyk, LIMIT, 300)  # 1/2 would be 300x200: whole, and not by libvips (CMYK)
+    img = Image.open_rgb(cmyk, LIMIT, 300)  # 1/2 would be 300x200: whole, by Pillow, as any JPEG no scale fits
     assert img.size == (600, 400) and img.mode == "RGB" and near(img.getpixel((5, 5)), (255, 0, 0), 40)
     moving = Image.open_rgb(animation(tmp_path / "a.gif", "GIF", size=(600, 400)), LIMIT, 100)
     assert moving.size == (600, 400) and asked == []  # an animation's first frame, whole, by Pillow
